@@ -1,0 +1,130 @@
+"""Command line: ``python -m kd2m {train,list,metrics,profiles}``.
+
+Examples::
+
+    python -m kd2m train teacher  --profile cpu --dataset cifar10 --folder ../shared/datasets/cifar10-jpeg.tar.gz
+    python -m kd2m train baseline --profile cpu --dataset cifar10 --folder ...
+    python -m kd2m train student  --profile paper --dataset cifar10 --metric wasserstein --lam 1e-4 --download
+    python -m kd2m train student  --profile cpu --metric gaussian_kl --set epochs=2 --set seed=1
+    python -m kd2m list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["main"]
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE (VALUE parsed as JSON)")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def _cmd_train(args) -> int:
+    from kd2m.profiles import student_config, teacher_config
+    from kd2m.runs import run
+
+    source = "folder" if args.folder else "torchvision"
+    overrides = _overrides(args.set)
+    if args.role == "teacher":
+        if args.metric or args.lam is not None:
+            raise SystemExit("train teacher takes no --metric/--lam")
+        cfg = teacher_config(args.profile, args.dataset, source=source, **overrides)
+    elif args.role == "baseline":
+        if args.metric or args.lam:
+            raise SystemExit("train baseline takes no --metric/--lam (use 'train student')")
+        cfg = student_config(args.profile, args.dataset, None, source=source, **overrides)
+    else:
+        if not args.metric:
+            raise SystemExit("train student needs --metric (see 'python -m kd2m metrics')")
+        cfg = student_config(args.profile, args.dataset, args.metric, lam=args.lam,
+                             source=source, metric_options=_overrides(args.option),
+                             **overrides)
+    rec = run(cfg, folder=args.folder, download=args.download, device=args.device,
+              progress=not args.no_progress)
+    f = rec["final"]
+    print(f"{rec['name']} [{rec['hash']}]: test accuracy {100 * f['test_acc']:.2f}%, "
+          f"test CE {f['test_ce']:.4f}, {rec['wall_seconds']:.0f} s")
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from kd2m.runs import list_runs
+
+    rows = list_runs(args.root)
+    if not rows:
+        print("no runs")
+        return 0
+    print(f"{'name':52s} {'hash':12s} {'status':9s} {'epochs':>6s} {'test acc':>8s} {'s':>7s}")
+    for r in rows:
+        acc = r["final"].get("test_acc")
+        acc_s = f"{100 * acc:7.2f}%" if acc is not None else "       -"
+        print(f"{r['name']:52s} {r['hash']:12s} {r['status']:9s} {len(r['history']):6d} "
+              f"{acc_s} {r['wall_seconds']:7.0f}")
+    return 0
+
+
+def _cmd_metrics(args) -> int:
+    from kd2m.metrics import METRICS
+
+    for name, desc in METRICS.items():
+        print(f"{name:22s} {desc}")
+    return 0
+
+
+def _cmd_profiles(args) -> int:
+    from kd2m.profiles import PROFILES
+
+    print(json.dumps(PROFILES, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kd2m", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train (or load) a teacher, a baseline or a KD2M student")
+    t.add_argument("role", choices=["teacher", "baseline", "student"])
+    t.add_argument("--profile", default="cpu", help="cpu or paper (default cpu)")
+    t.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or svhn")
+    t.add_argument("--metric", help="a registered metric (python -m kd2m metrics)")
+    t.add_argument("--lam", type=float, help="distillation weight (default: the profile's)")
+    t.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="metric option, e.g. --option beta=2 (repeatable)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a RunConfig field, e.g. --set epochs=2 (repeatable)")
+    t.add_argument("--folder", help="image-folder copy or .tar.gz archive (source 'folder')")
+    t.add_argument("--download", action="store_true", help="let torchvision download data")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_cmd_train)
+    ls = sub.add_parser("list", help="list stored runs")
+    ls.add_argument("--root", default=None, help="data root (default: $KD2M_DATA or ./data)")
+    ls.set_defaults(func=_cmd_list)
+    sub.add_parser("metrics", help="list registered metrics").set_defaults(func=_cmd_metrics)
+    sub.add_parser("profiles", help="print the profiles").set_defaults(func=_cmd_profiles)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

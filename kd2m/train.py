@@ -1,0 +1,213 @@
+"""Algorithm 1 of the paper: ONE training loop for the teacher, the student baseline and KD2M.
+
+Each step draws a minibatch ``(x, y)``, computes the student's logits and features
+``z_S = g_S(x)``, the frozen teacher's features ``z_T = g_T(x)`` (eval mode, no gradient),
+and minimises (EQUATIONS.md, eq. 1)::
+
+    CE(h_S(z_S), y) + lambda * D(P(z_S), z_T, y)
+
+where ``P`` is the student-side projector (identity when the feature sizes agree).
+``lambda = 0`` without a metric is the student baseline; no teacher is the teacher's own
+training. SGD with momentum, cosine annealing stepped once per epoch down to ``lr_min``
+(the baseline is annealed too: the author's code forgot it).
+
+On CUDA the networks run under bf16 autocast in channels_last memory format; the
+distances always compute in float32 or wider (the metrics upcast their inputs).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = ["resolve_device", "Distiller", "evaluate", "make_optimizer", "train_epoch", "fit"]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device={device!r} is not a torch device (expected 'auto', 'cpu', "
+                         "'cuda', 'cuda:N' or 'mps')") from exc
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op context elsewhere (CPU bf16 is slower than fp32 here)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@dataclass
+class Distiller:
+    """What the student is distilled with: a frozen teacher, a metric, a weight and a projector.
+
+    ``metric`` is a callable from :func:`kd2m.metrics.get_metric` (``fn(zs, zt, y)``) whose
+    attribute ``inputs`` is ``"features"`` or ``"logits"``. With ``lam == 0`` and a metric the
+    distance is still computed (without gradient) and recorded, which is what Fig. 2 plots for
+    ``lambda = 0``.
+    """
+
+    teacher: nn.Module
+    metric: Callable | None = None
+    lam: float = 0.0
+    projector: nn.Module | None = None
+
+    def loss(self, logits_s, feats_s, x, y):
+        """Return the distillation term ``D`` (0-dim tensor, float32+) or ``None``."""
+        if self.metric is None:
+            return None
+        with torch.no_grad():
+            logits_t, feats_t = self.teacher(x)
+        if getattr(self.metric, "inputs", "features") == "logits":
+            zs, zt = logits_s, logits_t
+        else:
+            zs = self.projector(feats_s) if self.projector is not None else feats_s
+            zt = feats_t
+        if self.lam == 0:
+            with torch.no_grad():
+                return self.metric(zs.detach().float(), zt.float(), y)
+        return self.metric(zs.float(), zt.float(), y)
+
+
+def make_optimizer(params, *, lr: float, momentum: float, weight_decay: float, epochs: int,
+                   lr_min: float):
+    """SGD with momentum and a cosine schedule over ``epochs`` (stepped once per epoch)."""
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=lr_min)
+    return opt, sched
+
+
+def train_epoch(model, loader, epoch: int, opt, *, device: torch.device,
+                distiller: Distiller | None = None, progress: bool = True) -> dict:
+    """One pass over ``loader.epoch(epoch)``. Returns mean train CE, distillation loss, accuracy.
+
+    Sums stay on the device (no host synchronisation per step, except inside an exact OT
+    solver); the epoch's means are read once at the end. A non-finite loss raises
+    :class:`FloatingPointError` at the end of the epoch, before anything is saved.
+    """
+    model.train()
+    if distiller is not None and distiller.projector is not None:
+        distiller.projector.train()
+    sum_ce = torch.zeros((), device=device, dtype=torch.float64)
+    sum_d = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    has_d = distiller is not None and distiller.metric is not None
+    lam = distiller.lam if distiller is not None else 0.0
+    bar = tqdm(loader.epoch(epoch), total=len(loader), desc=f"epoch {epoch + 1}",
+               disable=not progress, leave=False)
+    for x, y in bar:
+        with _autocast(device):
+            logits, feats = model(x)
+            dist = distiller.loss(logits, feats, x, y) if distiller is not None else None
+        ce = F.cross_entropy(logits.float(), y)
+        loss = ce + lam * dist if (dist is not None and lam > 0) else ce
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n = y.shape[0]
+        seen += n
+        sum_ce += ce.detach().double() * n
+        if dist is not None:
+            sum_d += dist.detach().double() * n
+        correct += (logits.detach().argmax(1) == y).sum()
+    mean_ce = (sum_ce / seen).item()
+    mean_d = (sum_d / seen).item() if has_d else None
+    if not math.isfinite(mean_ce) or (mean_d is not None and not math.isfinite(mean_d)):
+        raise FloatingPointError(
+            f"non-finite training loss in epoch {epoch + 1}: cross-entropy={mean_ce}, "
+            f"distillation={mean_d}; lower the learning rate or lambda")
+    return {"train_ce": mean_ce, "train_distill": mean_d, "train_acc": correct.item() / seen}
+
+
+@torch.no_grad()
+def evaluate(model, loader, *, device: torch.device, keep_features: int = 0) -> dict:
+    """Test cross-entropy and accuracy; with ``keep_features > 0`` also the first
+    ``keep_features`` feature vectors (float32, on the CPU) and their labels."""
+    model.eval()
+    sum_ce = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    feats, labels = [], []
+    kept = 0
+    for x, y in loader.epoch(0):
+        with _autocast(device):
+            logits, z = model(x)
+        sum_ce += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+        seen += y.shape[0]
+        if kept < keep_features:
+            take = min(keep_features - kept, y.shape[0])
+            feats.append(z[:take].float().cpu())
+            labels.append(y[:take].cpu())
+            kept += take
+    out = {"test_ce": (sum_ce / seen).item(), "test_acc": correct.item() / seen}
+    if keep_features:
+        out["features"] = torch.cat(feats)
+        out["labels"] = torch.cat(labels)
+    return out
+
+
+def fit(model, *, train_loader, test_loader, epochs: int, lr: float, momentum: float,
+        weight_decay: float, lr_min: float, device: torch.device,
+        distiller: Distiller | None = None, state: dict | None = None,
+        on_epoch_end: Callable[[dict, dict, dict], None] | None = None,
+        keep_features: int = 0, progress: bool = True) -> list[dict]:
+    """Algorithm 1: train ``model`` for ``epochs`` epochs and return the per-epoch history.
+
+    ``state`` (from a checkpoint: model, projector, optimiser and scheduler states, history)
+    resumes after its last finished epoch. After every epoch ``on_epoch_end(row, state, test)``
+    is called with the epoch's record row, the full resumable state, which the caller writes
+    to disk, and ``test``: the first ``keep_features`` test features and labels of the model
+    (an empty dict when ``keep_features == 0``), from which the caller derives monitors; the data order of epoch ``k`` depends only on the loader's seed and ``k``, so a
+    resumed run replays exactly the batches of an uninterrupted one.
+    """
+    params = list(model.parameters())
+    projector = distiller.projector if distiller is not None else None
+    if projector is not None:
+        params += list(projector.parameters())
+    opt, sched = make_optimizer(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                epochs=epochs, lr_min=lr_min)
+    history: list[dict] = []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if projector is not None and state.get("projector") is not None:
+            projector.load_state_dict(state["projector"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history = list(state["history"])
+    for epoch in range(len(history), epochs):
+        t0 = time.perf_counter()
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
+        row.update(train_epoch(model, train_loader, epoch, opt, device=device,
+                               distiller=distiller, progress=progress))
+        sched.step()
+        test = evaluate(model, test_loader, device=device, keep_features=keep_features)
+        extras = {k: test.pop(k) for k in ("features", "labels") if k in test}
+        row.update(test)
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        if on_epoch_end is not None:
+            on_epoch_end(row, {
+                "model": model.state_dict(),
+                "projector": projector.state_dict() if projector is not None else None,
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "history": history,
+            }, extras)
+    return history
