@@ -87,6 +87,47 @@ def _cmd_metrics(args) -> int:
     return 0
 
 
+def _cmd_column(args) -> int:
+    """Teacher first, then the baseline and every Table 1 metric, ``--parallel`` at a time.
+
+    Students are independent once the teacher is stored, so on a GPU several processes
+    share the device (the networks at 32x32 are launch-bound, not FLOP-bound).
+    """
+    import os
+    import subprocess
+
+    from kd2m.metrics import TABLE1_METRICS
+    from kd2m.profiles import teacher_config
+    from kd2m.runs import run
+
+    source = "folder" if args.folder else "torchvision"
+    overrides = _overrides(args.set)
+    teacher = teacher_config(args.profile, args.dataset, source=source, **overrides)
+    rec = run(teacher, folder=args.folder, download=args.download, device=args.device,
+              progress=not args.no_progress)
+    print(f"{rec['name']}: {100 * rec['final']['test_acc']:.2f}% ({rec['wall_seconds']:.0f} s)",
+          flush=True)
+    metrics = [None] + (args.metrics or list(TABLE1_METRICS.values()))
+    common = [sys.executable, "-m", "kd2m", "train", "--profile", args.profile, "--dataset",
+              args.dataset, "--device", args.device, "--no-progress"]
+    common += ["--folder", args.folder] if args.folder else []
+    for pair in args.set:
+        common += ["--set", pair]
+    jobs = [common[:4] + ["baseline" if m is None else "student"] + common[4:]
+            + ([] if m is None else ["--metric", m]) for m in metrics]
+    env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.parallel))}
+    failed = 0
+    running: list[subprocess.Popen] = []
+    for job in jobs:
+        while len(running) >= args.parallel:
+            running[0].wait()
+            failed += running.pop(0).returncode != 0
+        running.append(subprocess.Popen(job, env=env))
+    for p in running:
+        failed += p.wait() != 0
+    return 1 if failed else 0
+
+
 def _cmd_profiles(args) -> int:
     from kd2m.profiles import PROFILES
 
@@ -113,6 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--device", default="auto")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_cmd_train)
+    c = sub.add_parser("column", help="one Table 1 column: teacher, baseline, six metrics")
+    c.add_argument("--profile", default="cpu")
+    c.add_argument("--dataset", default="cifar10")
+    c.add_argument("--metrics", nargs="*", help="default: the six Table 1 metrics")
+    c.add_argument("--parallel", type=int, default=1, help="students trained at once")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--folder")
+    c.add_argument("--download", action="store_true")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=_cmd_column)
     ls = sub.add_parser("list", help="list stored runs")
     ls.add_argument("--root", default=None, help="data root (default: $KD2M_DATA or ./data)")
     ls.set_defaults(func=_cmd_list)
