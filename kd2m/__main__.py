@@ -2,9 +2,10 @@
 
 Examples::
 
-    python -m kd2m train teacher  --profile cpu --dataset cifar10 --folder ../shared/datasets/cifar10-jpeg.tar.gz
+    python -m kd2m train teacher  --profile cpu --folder ../shared/datasets/cifar10-jpeg.tar.gz
     python -m kd2m train baseline --profile cpu --dataset cifar10 --folder ...
-    python -m kd2m train student  --profile paper --dataset cifar10 --metric wasserstein --lam 1e-4 --download
+    python -m kd2m train student  --profile paper --metric wasserstein --lam 1e-4 --download
+    python -m kd2m column --profile paper --parallel 7 --folder ...   # a Table 1 column
     python -m kd2m train student  --profile cpu --metric gaussian_kl --set epochs=2 --set seed=1
     python -m kd2m list
 """

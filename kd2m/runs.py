@@ -42,7 +42,8 @@ MONITOR_SIZE = 1000  # test images whose features are kept each epoch
 
 
 def data_root() -> Path:
-    """``$KD2M_DATA`` if set, else the repository's ``data/`` (editable install), else ``./data``."""
+    """``$KD2M_DATA`` if set, else the repository's ``data/`` (editable install),
+    else ``./data``."""
     env = os.environ.get("KD2M_DATA")
     if env:
         return Path(env)
@@ -125,7 +126,8 @@ class RunConfig:
                     if getattr(self.teacher, name) != getattr(self, name):
                         raise ValueError(
                             f"teacher.{name}={getattr(self.teacher, name)!r} differs from the "
-                            f"student's {name}={getattr(self, name)!r}: both must see the same data")
+                            f"student's {name}={getattr(self, name)!r}: both must see the same "
+                            "data")
 
     # -- identity ---------------------------------------------------------------------------
     def to_dict(self) -> dict:

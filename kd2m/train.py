@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["resolve_device", "Distiller", "evaluate", "make_optimizer", "train_epoch", "fit"]
+__all__ = ["resolve_device", "Distiller", "evaluate", "make_optimizer", "train_step", "train_epoch",
+           "fit"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -92,6 +93,21 @@ def make_optimizer(params, *, lr: float, momentum: float, weight_decay: float, e
     return opt, sched
 
 
+def train_step(model, x, y, opt, *, device: torch.device, distiller: Distiller | None = None,
+               lam: float = 0.0):
+    """One SGD step on ``CE + lam * D`` (eq. 1). Returns detached-able ``(logits, ce, D)``
+    (``D`` is None without a metric)."""
+    with _autocast(device):
+        logits, feats = model(x)
+        dist = distiller.loss(logits, feats, x, y) if distiller is not None else None
+    ce = F.cross_entropy(logits.float(), y)
+    loss = ce + lam * dist if (dist is not None and lam > 0) else ce
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return logits, ce, dist
+
+
 def train_epoch(model, loader, epoch: int, opt, *, device: torch.device,
                 distiller: Distiller | None = None, progress: bool = True) -> dict:
     """One pass over ``loader.epoch(epoch)``. Returns mean train CE, distillation loss, accuracy.
@@ -112,14 +128,8 @@ def train_epoch(model, loader, epoch: int, opt, *, device: torch.device,
     bar = tqdm(loader.epoch(epoch), total=len(loader), desc=f"epoch {epoch + 1}",
                disable=not progress, leave=False)
     for x, y in bar:
-        with _autocast(device):
-            logits, feats = model(x)
-            dist = distiller.loss(logits, feats, x, y) if distiller is not None else None
-        ce = F.cross_entropy(logits.float(), y)
-        loss = ce + lam * dist if (dist is not None and lam > 0) else ce
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        logits, ce, dist = train_step(model, x, y, opt, device=device, distiller=distiller,
+                                      lam=lam)
         n = y.shape[0]
         seen += n
         sum_ce += ce.detach().double() * n
@@ -174,8 +184,9 @@ def fit(model, *, train_loader, test_loader, epochs: int, lr: float, momentum: f
     resumes after its last finished epoch. After every epoch ``on_epoch_end(row, state, test)``
     is called with the epoch's record row, the full resumable state, which the caller writes
     to disk, and ``test``: the first ``keep_features`` test features and labels of the model
-    (an empty dict when ``keep_features == 0``), from which the caller derives monitors; the data order of epoch ``k`` depends only on the loader's seed and ``k``, so a
-    resumed run replays exactly the batches of an uninterrupted one.
+    (an empty dict when ``keep_features == 0``), from which the caller derives monitors.
+    The data order of epoch ``k`` depends only on the loader's seed and ``k``, so a resumed
+    run replays exactly the batches of an uninterrupted one.
     """
     params = list(model.parameters())
     projector = distiller.projector if distiller is not None else None

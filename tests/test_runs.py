@@ -1,0 +1,167 @@
+"""The training loop (Algorithm 1), the run store, resume and the command line, on tiny generated data."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kd2m.profiles import PROFILES, student_config, teacher_config
+from kd2m.runs import RunConfig, list_runs, load_model, load_monitor, load_record, run, run_dir
+
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+           "truck"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A tiny CIFAR-10-like image folder: each class has its own mean colour (learnable)."""
+    root = tmp_path_factory.mktemp("tinycifar")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 4)):
+        for c, name in enumerate(CIFAR10):
+            d = root / split / name
+            d.mkdir(parents=True)
+            base = np.array([(c * 25) % 256, (c * 80) % 256, (255 - c * 25) % 256])
+            for i in range(n):
+                img = np.clip(base + rng.normal(0, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i:04d}.png")
+    return root
+
+
+def tiny(metric=None, lam=0.0, epochs=2, **kw):
+    small = {"epochs": epochs, "batch_size": 32, "width": 4, "n_train": None, "n_test": None}
+    teacher = teacher_config("cpu", "cifar10", source="folder", **(small | {"width": 8}))
+    return student_config("cpu", "cifar10", metric, lam=lam, source="folder", teacher=teacher,
+                          **(small | kw))
+
+
+@pytest.fixture()
+def root(tmp_path, monkeypatch):
+    monkeypatch.setenv("KD2M_PROGRESS", "0")
+    return tmp_path
+
+
+def test_teacher_baseline_and_kd2m_records(root, folder):
+    cfg = tiny("wasserstein", lam=0.05)
+    rec = run(cfg, root=root, folder=folder, device="cpu")
+    assert rec["status"] == "finished" and rec["format"] == 1
+    assert rec["config"] == cfg.to_dict() and rec["hash"] == cfg.hash
+    assert [h["epoch"] for h in rec["history"]] == [1, 2]
+    keys = {"epoch", "lr", "train_ce", "train_distill", "train_acc", "test_ce", "test_acc",
+            "seconds", "test_feature_w2", "test_feature_gap"}
+    for row in rec["history"]:
+        assert keys <= set(row)
+        assert all(np.isfinite(row[k]) for k in keys)
+        assert row["train_distill"] >= 0
+    # the cosine schedule is stepped once per epoch
+    assert rec["history"][0]["lr"] == cfg.lr and rec["history"][1]["lr"] < cfg.lr
+    assert rec["teacher"]["hash"] == cfg.teacher.hash
+    assert rec["data"]["n_train"] == 120 and rec["data"]["source"] == "folder"
+    assert {"torch", "torchvision", "pot"} <= set(rec["versions"])
+    assert rec["wall_seconds"] > 0
+    # the teacher was trained on the way and has its own record and weights
+    trec = load_record(run_dir(cfg.teacher, root))
+    assert trec["status"] == "finished" and trec["history"][0]["train_distill"] is None
+    model, projector = load_model(cfg, root)
+    assert projector is not None  # width 4 -> 16-d features, teacher width 8 -> 32-d
+    mon = load_monitor(cfg, root)
+    assert len(mon["epochs"]) == 2 and mon["teacher"].shape == (40, 32)
+    # JSON on disk is exactly what run() returned
+    assert json.loads((run_dir(cfg, root) / "record.json").read_text()) == rec
+    assert not (run_dir(cfg, root) / "checkpoint.pt").exists()
+    # a finished config is loaded, not retrained
+    again = run(cfg, root=root, folder=folder, device="cpu")
+    assert again == rec
+    names = {r["name"] for r in list_runs(root)}
+    assert {cfg.name, cfg.teacher.name} <= names
+
+
+def test_resume_gives_the_same_numbers(root, folder, tmp_path_factory):
+    cfg = tiny("gaussian_wasserstein", lam=0.1, epochs=3)
+    full = run(cfg, root=tmp_path_factory.mktemp("full"), folder=folder, device="cpu")
+    part = run(cfg, root=root, folder=folder, device="cpu", stop_after=1)
+    assert part["status"] == "running" and len(part["history"]) == 1
+    assert (run_dir(cfg, root) / "checkpoint.pt").exists()
+    resumed = run(cfg, root=root, folder=folder, device="cpu")
+    assert resumed["status"] == "finished"
+    drop = {"seconds"}
+    for a, b in zip(full["history"], resumed["history"], strict=True):
+        assert {k: v for k, v in a.items() if k not in drop} == \
+               {k: v for k, v in b.items() if k not in drop}
+    m1, _ = load_model(cfg, tmp_path_factory.getbasetemp() / "full0")
+    m2, _ = load_model(cfg, root)
+    for p1, p2 in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True):
+        assert torch.equal(p1, p2)
+
+
+def test_lambda_zero_with_metric_records_but_does_not_train_on_it(root, folder):
+    base = run(tiny(None), root=root, folder=folder, device="cpu")
+    zero = run(tiny("wasserstein", lam=0.0), root=root, folder=folder, device="cpu")
+    assert base["history"][0]["train_distill"] is None
+    assert zero["history"][0]["train_distill"] > 0
+    for a, b in zip(base["history"], zero["history"], strict=True):
+        assert a["train_ce"] == pytest.approx(b["train_ce"], rel=1e-6)
+        assert a["test_acc"] == b["test_acc"]
+
+
+@pytest.mark.parametrize("metric", ["class_wasserstein", "joint_wasserstein", "gaussian_kl",
+                                    "class_gaussian", "mmd", "hinton"])
+def test_every_metric_trains_one_epoch(root, folder, metric):
+    rec = run(tiny(metric, lam=0.05, epochs=1), root=root, folder=folder, device="cpu")
+    assert np.isfinite(rec["history"][0]["train_distill"])
+
+
+def test_missing_data_error_names_the_path(root, tmp_path):
+    cfg = tiny(None)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run(cfg, root=root, folder=tmp_path / "nowhere", device="cpu")
+
+
+def test_config_errors_name_the_value():
+    with pytest.raises(ValueError, match="role='pupil'"):
+        RunConfig(role="pupil")
+    with pytest.raises(ValueError, match="epochs=0"):
+        RunConfig(epochs=0)
+    with pytest.raises(ValueError, match="lam=-1"):
+        RunConfig(lam=-1)
+    with pytest.raises(ValueError, match="metric='wasserstien'"):
+        RunConfig(metric="wasserstien", teacher=RunConfig(role="teacher"))
+    with pytest.raises(ValueError, match="teacher"):
+        RunConfig(metric="wasserstein", lam=1.0)
+    with pytest.raises(ValueError, match="n_train"):
+        RunConfig(n_train=10, teacher=RunConfig(role="teacher", n_train=20))
+    with pytest.raises(ValueError, match="profile='laptop'"):
+        teacher_config("laptop", "cifar10")
+    with pytest.raises(ValueError, match="unknown override"):
+        student_config("cpu", "cifar10", epoch=3)
+    with pytest.raises(ValueError, match="unknown RunConfig field"):
+        RunConfig.from_dict({"role": "teacher", "colour": "red"})
+
+
+def test_config_hash_is_stable_and_sensitive():
+    a = student_config("paper", "cifar10", "wasserstein")
+    assert RunConfig.from_dict(json.loads(json.dumps(a.to_dict()))).hash == a.hash
+    assert a.replace(lam=2e-4).hash != a.hash
+    assert a.replace(teacher=a.teacher.replace(seed=1)).hash != a.hash
+    p = PROFILES["paper"]
+    assert (a.arch, a.teacher.arch, a.lr, a.lam, a.epochs, a.batch_size, a.lr_min) == \
+        ("resnet18", "resnet34", 1e-2, 1e-4, 15, 128, 1e-4) == \
+        (p["student"]["arch"], p["teacher"]["arch"], p["lr"], p["lam"], p["epochs"],
+         p["batch_size"], p["lr_min"])
+
+
+def test_cli_train_and_list(root, folder, capsys, monkeypatch):
+    from kd2m.__main__ import main
+
+    monkeypatch.setenv("KD2M_DATA", str(root))
+    args = ["train", "teacher", "--profile", "cpu", "--folder", str(folder), "--no-progress",
+            "--device", "cpu", "--set", "epochs=1", "--set", "width=4", "--set", "n_train=null",
+            "--set", "n_test=null", "--set", "batch_size=32"]
+    assert main(args) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert main(["list"]) == 0
+    assert "cifar10-resnet20-teacher" in capsys.readouterr().out
+    assert main(["train", "student", "--metric", "nope", "--folder", str(folder)]) == 2
+    assert "nope" in capsys.readouterr().err
