@@ -1,0 +1,227 @@
+"""Gradients of kd2m.metrics: gradcheck in float64, and finite gradients in training conditions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import kd2m.metrics as M
+
+torch.set_num_threads(1)
+
+
+def rand(*shape, seed=0, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# Every metric (and its variants) as f(zs, zt, y); fixed hyper-parameters where the default is
+# data-dependent and held constant (median bandwidth, Ledoit-Wolf intensity, auto beta), since
+# gradcheck differentiates through the data-dependence as well.
+GRADCHECKED = {
+    "wasserstein": lambda s, t, y: M.wasserstein(s, t),
+    "wasserstein_emd": lambda s, t, y: M.wasserstein(
+        s, t[:-1], a=torch.full((len(s),), 1 / len(s))
+    ),
+    "class_wasserstein": lambda s, t, y: M.class_conditional_wasserstein(s, t, y),
+    "joint_wasserstein": lambda s, t, y: M.joint_wasserstein(s, t, y, beta=0.7),
+    "gaussian_wasserstein": lambda s, t, y: M.gaussian_wasserstein(s, t),
+    "gaussian_wasserstein_diag": lambda s, t, y: M.gaussian_wasserstein(s, t, diagonal=True),
+    "gaussian_kl": lambda s, t, y: M.gaussian_kl(s, t, shrinkage=0.3),
+    "gaussian_kl_ridge": lambda s, t, y: M.gaussian_kl(s, t, shrinkage=None, eps=0.1),
+    "gaussian_kl_diag": lambda s, t, y: M.gaussian_kl(s, t, diagonal=True, shrinkage=0.2),
+    "class_gaussian": lambda s, t, y: M.class_conditional_gaussian(s, t, y),
+    "class_gaussian_diag": lambda s, t, y: M.class_conditional_gaussian(s, t, y, diagonal=True),
+    "class_gaussian_kl": lambda s, t, y: M.class_conditional_gaussian(
+        s, t, y, divergence="kl", shrinkage=0.3
+    ),
+    "class_gaussian_kl_diag": lambda s, t, y: M.class_conditional_gaussian(
+        s, t, y, divergence="kl", diagonal=True, shrinkage=0.3
+    ),
+    "mmd": lambda s, t, y: M.mmd(s, t, bandwidth=1.3),
+    "mmd_poly": lambda s, t, y: M.mmd(s, t, kernel="polynomial"),
+    "hinton": lambda s, t, y: M.hinton_kd(s, t, temperature=2.0),
+}
+
+# (n, d, labels): n < d, n > d (with classes larger than d: the QR path), and a single-sample class
+SHAPES = [
+    (5, 8, [0, 1, 0, 1, 2]),
+    (11, 3, [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2]),
+]
+
+
+@pytest.mark.parametrize("name", sorted(GRADCHECKED))
+@pytest.mark.parametrize("n,d,labels", SHAPES)
+def test_gradcheck(name, n, d, labels):
+    zs = rand(n, d, seed=1).requires_grad_()
+    zt = (1.5 * rand(n, d, seed=2) + 0.3).requires_grad_()
+    y = torch.tensor(labels)
+    fn = GRADCHECKED[name]
+    assert gradcheck(lambda s, t: fn(s, t, y), (zs, zt), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_gradcheck_joint_ce_reaches_probabilities():
+    n, k = 6, 3
+    zs, zt = rand(n, 4, seed=3).requires_grad_(), rand(n, 4, seed=4).requires_grad_()
+    ps = torch.softmax(rand(n, k, seed=5), 1).requires_grad_()
+    pt = torch.softmax(rand(n, k, seed=6), 1)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def f(s, t, p):
+        return M.joint_wasserstein(s, t, y, beta=0.5, label_cost="ce", ps=p, pt=pt)
+
+    assert gradcheck(f, (zs, zt, ps), eps=1e-6, atol=1e-5, rtol=1e-4)
+    f(zs, zt, ps).backward()
+    assert ps.grad.abs().sum() > 0
+
+
+def test_wasserstein_gradient_is_the_envelope_formula():
+    zs, zt = rand(7, 3, seed=7).requires_grad_(), rand(7, 3, seed=8)
+    M.wasserstein(zs, zt).backward()
+    C = torch.cdist(zs.detach(), zt) ** 2
+    from scipy.optimize import linear_sum_assignment
+
+    _, cols = linear_sum_assignment(C.numpy())
+    expected = 2 * (zs.detach() - zt[cols]) / 7  # 2 (a_i z_i - sum_j gamma_ij zt_j)
+    torch.testing.assert_close(zs.grad, expected)
+
+
+def test_data_dependent_hyperparameters_are_held_constant():
+    zs, zt = rand(10, 20, seed=9), rand(10, 20, seed=10)
+    y = torch.arange(10) % 3
+
+    def grad(fn):
+        s = zs.clone().requires_grad_()
+        fn(s).backward()
+        return s.grad
+
+    from kd2m.metrics.gaussian import _fit, _ledoit_wolf
+
+    _, A, counts = _fit(zs)
+    alpha = float(_ledoit_wolf(A, counts, A @ A.mT)[0])
+    # the Ledoit-Wolf intensity is affine-invariant: 2 zs + 1 has the same alpha as zs
+    g_lw = grad(lambda s: M.gaussian_kl(s, 2 * zs + 1))
+    g_fix = grad(lambda s: M.gaussian_kl(s, 2 * zs + 1, shrinkage=alpha))
+    assert g_lw.abs().max() > 1e-3
+    torch.testing.assert_close(g_lw, g_fix)
+    beta = float(((zs[:, None] - zt[None]) ** 2).sum(-1).mean())
+    torch.testing.assert_close(
+        grad(lambda s: M.joint_wasserstein(s, zt, y)),
+        grad(lambda s: M.joint_wasserstein(s, zt, y, beta=beta)),
+    )
+
+
+# --------------------------------------------------------------------------- training conditions
+
+
+def _registered(name):
+    metric = M.get_metric(name)
+    return lambda s, t, y: metric(s, t, y)
+
+
+TRAINING = {name: _registered(name) for name in M.METRICS}
+TRAINING.update(
+    {
+        "gaussian_wasserstein_diag": lambda s, t, y: M.gaussian_wasserstein(s, t, diagonal=True),
+        "gaussian_kl_diag": lambda s, t, y: M.gaussian_kl(s, t, diagonal=True),
+        "class_gaussian_kl": lambda s, t, y: M.class_conditional_gaussian(s, t, y, divergence="kl"),
+        "class_gaussian_kl_diag": lambda s, t, y: M.class_conditional_gaussian(
+            s, t, y, divergence="kl", diagonal=True
+        ),
+        "class_gaussian_diag": lambda s, t, y: M.class_conditional_gaussian(s, t, y, diagonal=True),
+        "mmd_poly": lambda s, t, y: M.mmd(s, t, kernel="polynomial"),
+        "joint_wasserstein_ce": lambda s, t, y: M.joint_wasserstein(
+            s, t, y, label_cost="ce", ps=torch.softmax(s[:, :10], 1)
+        ),
+    }
+)
+
+
+def training_batch(case, n=128, d=512, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    zs = torch.randn(n, d, generator=g).relu()  # pooled post-ReLU features
+    zt = 1.3 * torch.randn(n, d, generator=g).relu()
+    y = torch.randint(0, 10, (n,), generator=g)
+    if case == "dead_student":
+        zs[:, : d // 4] = 0
+    elif case == "dead_both":
+        zs[:, : d // 4] = 0
+        zt[:, d // 8 : d // 2] = 0
+    elif case == "duplicates":
+        zs[n // 2 :], zt[n // 2 :] = zs[: n // 2], zt[: n // 2]
+    elif case == "single_sample_class":
+        y[y == 3] = 4
+        y[0] = 3
+    elif case == "all_zero_student":
+        zs.zero_()
+    return zs, zt, y
+
+
+CASES = ["generic", "dead_student", "dead_both", "duplicates", "single_sample_class"]
+
+
+@pytest.mark.parametrize("case", CASES + ["all_zero_student"])
+@pytest.mark.parametrize("name", sorted(TRAINING))
+def test_finite_gradients_in_training_conditions(name, case):
+    zs, zt, y = training_batch(case)
+    fn = TRAINING[name]
+    if name == "hinton":
+        zs, zt = zs[:, :10] - 0.5, zt[:, :10]
+    zs.requires_grad_()
+    zt.requires_grad_()
+    value = fn(zs, zt, y)
+    value.backward()
+    assert value.dtype == torch.float32 and value.ndim == 0
+    assert torch.isfinite(value)
+    assert torch.isfinite(zs.grad).all() and torch.isfinite(zt.grad).all()
+
+
+@pytest.mark.parametrize("name", sorted(TRAINING))
+def test_autocast_bfloat16_features(name):
+    """Features made (and the metric called) under CPU autocast: float32 result, finite grads."""
+    g = torch.Generator().manual_seed(1)
+    lin = torch.nn.Linear(32, 64)
+    x, y = torch.randn(48, 32, generator=g), torch.randint(0, 5, (48,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        zs = lin(x).relu()
+        zt = (lin(x + 0.3) * 1.2).relu().detach()
+        assert zs.dtype == torch.bfloat16
+        value = TRAINING[name](zs, zt, y)
+    assert value.dtype == torch.float32
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(lin.weight.grad).all()
+    # the metric ran in float32 on the upcast features, not in bfloat16
+    expected = TRAINING[name](zs.detach().float(), zt.float(), y)
+    rtol = 1e-3 if name == "joint_wasserstein_ce" else 1e-5  # its ps = softmax ran in bfloat16
+    torch.testing.assert_close(value.detach(), expected, rtol=rtol, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "dtype,expected", [(torch.float16, torch.float32), (torch.float64, torch.float64)]
+)
+def test_working_dtype(dtype, expected):
+    zs, zt, y = training_batch("generic", n=16, d=12)
+    for fn in TRAINING.values():
+        assert fn(zs.to(dtype), zt.to(dtype), y).dtype == expected
+
+
+def test_nuclear_norm_gradient_is_finite_with_repeated_singular_values():
+    z = torch.eye(6, 10, dtype=torch.float64)
+    z = torch.cat([z, -z]).requires_grad_()  # highly degenerate spectrum
+    M.gaussian_wasserstein(z, z.detach() * 2).backward()
+    assert torch.isfinite(z.grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", sorted(TRAINING))
+def test_cuda_matches_cpu(name):
+    zs, zt, y = training_batch("dead_student", n=64, d=96)
+    if name == "hinton":
+        zs, zt = zs[:, :10], zt[:, :10]
+    cpu = TRAINING[name](zs, zt, y)
+    s = zs.cuda().requires_grad_()
+    gpu = TRAINING[name](s, zt.cuda(), y.cuda())
+    gpu.backward()
+    assert gpu.device.type == "cuda" and torch.isfinite(s.grad).all()
+    np.testing.assert_allclose(float(gpu), float(cpu), rtol=2e-4, atol=1e-5)
