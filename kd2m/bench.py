@@ -9,6 +9,13 @@ registered in :func:`main`.
 training step of torchvision's resnet18 (ImageNet stem, 10 classes, batch of
 n 3x32x32 images, SGD with momentum) measured in the same process with the
 same threads. Target (issue): each metric <= ~10% of that step.
+
+``data``: images/s of kd2m's batch pipeline (uint8 tensor on the device, batched crop and
+flip) against a torchvision ``DataLoader`` applying the same augmentation to PIL images.
+``steps``: each metric's KD2M training step against the distance-free step (student step +
+teacher forward), through ``kd2m.train.train_step``. ``epoch``: images/s of a KD2M epoch at
+a profile against a baseline epoch. ``all``: the three in one run (``--json`` keeps them).
+Every ratio is measured within one run, on whatever device is named.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["bench_metrics", "print_metrics_table", "resnet18_step_seconds", "main"]
+__all__ = ["bench_metrics", "print_metrics_table", "resnet18_step_seconds", "bench_data",
+           "bench_steps", "bench_epoch", "print_rows", "main"]
 
 
 def _sync(device: torch.device) -> None:
@@ -187,12 +195,278 @@ def _add_metrics_parser(sub) -> None:
     p.set_defaults(func=_run_metrics)
 
 
+# ---------------------------------------------------------------------------------------------
+# Training-pipeline benchmarks (data, steps, epoch): ratios measured in one run.
+# ---------------------------------------------------------------------------------------------
+
+
+def _bench_images(n: int, seed: int = 0):
+    """Real CIFAR-10 from the uint8 cache if one exists under the data root, else random
+    uint8 images of the same shape (the pipelines' speed does not depend on the pixels)."""
+    from kd2m.runs import data_root
+
+    caches = sorted((data_root() / "cache").glob("cifar10-*.pt"))
+    if caches:
+        blob = torch.load(caches[0], map_location="cpu", weights_only=True)
+        x, y = blob["x_train"][:n], blob["y_train"][:n]
+        return x, y, f"CIFAR-10 ({caches[0].name})"
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return x, y, "random uint8 images"
+
+
+class _PILDataset(torch.utils.data.Dataset):
+    """The standard pipeline: one PIL image at a time through torchvision transforms."""
+
+    def __init__(self, x, y, transform):
+        self.x = x.permute(0, 2, 3, 1).contiguous().numpy()
+        self.y = y.numpy()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.x[i])), int(self.y[i])
+
+
+def bench_data(n: int = 10000, batch_size: int = 128, workers: int = 2,
+               device: str = "cpu") -> list[dict]:
+    """Images per second of kd2m's batch pipeline against a torchvision DataLoader with
+    the same augmentation (random crop with padding 4, horizontal flip, normalisation) on
+    PIL images, ``workers`` worker processes. Each pipeline delivers ``n`` images to
+    ``device``."""
+    import torchvision.transforms as T
+
+    from kd2m.data import DATASETS, Loader
+
+    dev = torch.device(device)
+    x, y, what = _bench_images(n)
+    info = DATASETS["cifar10"]
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize(info.mean, info.std)])
+    dl = torch.utils.data.DataLoader(_PILDataset(x, y, tf), batch_size=batch_size,
+                                     shuffle=True, num_workers=workers, drop_last=True,
+                                     persistent_workers=False, pin_memory=dev.type == "cuda")
+    t0 = time.perf_counter()
+    count = 0
+    for xb, _yb in dl:
+        xb = xb.to(dev, non_blocking=True)
+        count += xb.shape[0]
+    _sync(dev)
+    tv = count / (time.perf_counter() - t0)
+    loader = Loader(x, y, mean=info.mean, std=info.std, batch_size=batch_size, train=True,
+                    device=dev, hflip=True, seed=0, channels_last=dev.type == "cuda")
+    for _ in loader.epoch(0):  # warm-up (first CUDA kernels)
+        break
+    t0 = time.perf_counter()
+    count = 0
+    for xb, _yb in loader.epoch(1):
+        count += xb.shape[0]
+    _sync(dev)
+    ours = count / (time.perf_counter() - t0)
+    return [{"pipeline": f"torchvision DataLoader, PIL, {workers} workers", "images/s": tv,
+             "ratio": 1.0, "data": what},
+            {"pipeline": "kd2m Loader (batched tensor ops)", "images/s": ours,
+             "ratio": ours / tv, "data": what}]
+
+
+def _null_metric(zs, zt, y):
+    """The distance-free step's stand-in: keeps the teacher forward, adds no distance."""
+    return zs.new_zeros(())
+
+
+_null_metric.inputs = "features"
+
+
+def bench_steps(n: int = 128, repeats: int = 10, warmup: int = 3, device: str = "cpu",
+                student: str = "resnet18", teacher: str = "resnet34",
+                metrics: list[str] | None = None, lam: float = 1e-4) -> list[dict]:
+    """Seconds per KD2M training step for each metric against the distance-free step (the
+    same student step and teacher forward, no distance), at batch ``n`` with the paper's
+    networks (512-d features), through :func:`kd2m.train.train_step` itself."""
+    from kd2m.metrics import METRICS, get_metric
+    from kd2m.models import build_model
+    from kd2m.train import Distiller, make_optimizer, train_step
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    s = build_model(student, 10).to(dev)
+    t = build_model(teacher, 10).to(dev).eval()
+    if dev.type == "cuda":
+        s = s.to(memory_format=torch.channels_last)
+        t = t.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    for p in t.parameters():
+        p.requires_grad_(False)
+    opt, _ = make_optimizer(s.parameters(), lr=1e-3, momentum=0.9, weight_decay=0.0,
+                            epochs=1, lr_min=0.0)
+    x = torch.randn(n, 3, 32, 32, device=dev)
+    if dev.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.arange(n, device=dev) % 10
+
+    def step_fn(metric, lam_):
+        d = Distiller(teacher=t, metric=metric, lam=lam_)
+        return lambda: train_step(s, x, y, opt, device=dev, distiller=d, lam=lam_)
+
+    base = statistics.median(_time(step_fn(_null_metric, lam), repeats, warmup, dev))
+    rows = [{"step": "distance-free (student step + teacher forward)", "seconds": base,
+             "ratio": 1.0}]
+    for name in metrics or [m for m in METRICS if m != "hinton"] + ["hinton"]:
+        sec = statistics.median(_time(step_fn(get_metric(name), lam), repeats, warmup, dev))
+        rows.append({"step": f"KD2M {name}", "seconds": sec, "ratio": sec / base})
+    return rows
+
+
+def bench_epoch(images: int = 50000, device: str = "cpu", metric: str = "wasserstein",
+                profile: str = "paper") -> list[dict]:
+    """Images per second of one KD2M training epoch of ``profile`` (its networks, batch and
+    lambda) on ``images`` training images, against the baseline epoch (no teacher, no
+    distance), through :func:`kd2m.train.train_epoch`."""
+    from kd2m.data import DATASETS, Loader
+    from kd2m.metrics import get_metric
+    from kd2m.models import build_model
+    from kd2m.profiles import PROFILES
+    from kd2m.train import Distiller, make_optimizer, train_epoch
+
+    p = PROFILES[profile]
+    dev = torch.device(device)
+    x, y, what = _bench_images(images)
+    info = DATASETS["cifar10"]
+    loader = Loader(x, y, mean=info.mean, std=info.std, batch_size=p["batch_size"],
+                    train=True, device=dev, hflip=True, seed=0,
+                    channels_last=dev.type == "cuda")
+    torch.manual_seed(0)
+    kw = {k: p["student"][k] for k in ("stem", "width")}
+    s = build_model(p["student"]["arch"], 10, **kw).to(dev)
+    t = build_model(p["teacher"]["arch"], 10, stem=p["teacher"]["stem"],
+                    width=p["teacher"]["width"]).to(dev).eval()
+    if dev.type == "cuda":
+        s = s.to(memory_format=torch.channels_last)
+        t = t.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    for q in t.parameters():
+        q.requires_grad_(False)
+    rows = []
+    for label, distiller in (("baseline epoch (student alone)", None),
+                             (f"KD2M epoch ({metric}, lambda {p['lam']:g})",
+                              Distiller(teacher=t, metric=get_metric(metric), lam=p["lam"]))):
+        opt, _ = make_optimizer(s.parameters(), lr=p["lr"], momentum=p["momentum"],
+                                weight_decay=p["weight_decay"], epochs=1, lr_min=p["lr_min"])
+        train_epoch(s, _Take(loader, 3), 0, opt, device=dev, distiller=distiller,
+                    progress=False)  # warm-up
+        _sync(dev)
+        t0 = time.perf_counter()
+        train_epoch(s, loader, 1, opt, device=dev, distiller=distiller, progress=False)
+        _sync(dev)
+        sec = time.perf_counter() - t0
+        rows.append({"epoch": label, "images": loader.num_samples, "seconds": sec,
+                     "images/s": loader.num_samples / sec, "data": what})
+    for r in rows:
+        r["ratio"] = rows[0]["seconds"] / r["seconds"]
+    return rows
+
+
+class _Take:
+    """The first ``k`` batches of a loader (for warm-ups)."""
+
+    def __init__(self, loader, k):
+        self.loader, self.k = loader, k
+
+    def __len__(self):
+        return min(self.k, len(self.loader))
+
+    def epoch(self, epoch):
+        for i, batch in enumerate(self.loader.epoch(epoch)):
+            if i >= self.k:
+                return
+            yield batch
+
+
+def print_rows(rows: list[dict], title: str, file=None) -> None:
+    """A plain text table of benchmark rows (floats rounded), with a title line."""
+    print(f"\n{title}", file=file)
+    keys = list(rows[0])
+    cells = [[_cell(r.get(k)) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    print("  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)), file=file)
+    for c in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)), file=file)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+    return str(v)
+
+
+def _hardware(device: str) -> str:
+    import platform
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}"
+    return (f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+            f"threads, torch {torch.__version__}")
+
+
+def _run_training(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = {"hardware": _hardware(args.device)}
+    print(f"hardware: {out['hardware']}")
+    if args.command in ("data", "all"):
+        out["data"] = bench_data(n=args.images, device=args.device, workers=args.workers)
+        print_rows(out["data"], "data pipeline (images/s; ratio to the torchvision DataLoader)")
+    if args.command in ("steps", "all"):
+        out["steps"] = bench_steps(n=args.n, repeats=args.repeats, device=args.device,
+                                   student=args.student, teacher=args.teacher,
+                                   metrics=args.metric)
+        print_rows(out["steps"], f"training steps, batch {args.n}, {args.student} student, "
+                   f"{args.teacher} teacher (ratio to the distance-free step)")
+    if args.command in ("epoch", "all"):
+        out["epoch"] = bench_epoch(images=args.images, device=args.device,
+                                   profile=args.profile)
+        print_rows(out["epoch"], f"one training epoch at the {args.profile} profile "
+                   "(ratio: baseline seconds / these seconds)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+def _add_training_parsers(sub) -> None:
+    helps = {"data": "kd2m's batch pipeline vs a torchvision DataLoader on PIL images",
+             "steps": "each metric's KD2M step vs the distance-free step",
+             "epoch": "images/s of a KD2M epoch at a profile vs a baseline epoch",
+             "all": "data, steps and epoch in one run"}
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+        p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+        p.add_argument("--images", type=int, default=10000, help="images for data/epoch")
+        p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+        p.add_argument("--n", type=int, default=128, help="batch size for steps")
+        p.add_argument("--repeats", type=int, default=10, help="timed steps per metric")
+        p.add_argument("--student", default="resnet18")
+        p.add_argument("--teacher", default="resnet34")
+        p.add_argument("--metric", action="append", help="only this metric (repeatable)")
+        p.add_argument("--profile", default="paper", help="profile of the epoch benchmark")
+        p.add_argument("--json", help="also write the results to this JSON file")
+        p.set_defaults(func=_run_training)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kd2m.bench", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="BENCHMARK")
     _add_metrics_parser(sub)
+    _add_training_parsers(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

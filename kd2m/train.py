@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = ["resolve_device", "Distiller", "evaluate", "make_optimizer", "train_step", "train_epoch",
            "fit"]
