@@ -79,10 +79,15 @@ class Distiller:
         else:
             zs = self.projector(feats_s) if self.projector is not None else feats_s
             zt = feats_t
+        # validate=False: no host synchronisation for the NaN check on every step; a
+        # non-finite loss is caught at the end of the epoch (train_epoch).
+        extra = {"validate": False}
+        if getattr(self.metric, "options", {}).get("label_cost") == "ce":
+            extra["ps"] = logits_s.float().softmax(1)  # JDOT: the student's predictions
         if self.lam == 0:
             with torch.no_grad():
-                return self.metric(zs.detach().float(), zt.float(), y)
-        return self.metric(zs.float(), zt.float(), y)
+                return self.metric(zs.detach().float(), zt.float(), y, **extra)
+        return self.metric(zs.float(), zt.float(), y, **extra)
 
 
 def make_optimizer(params, *, lr: float, momentum: float, weight_decay: float, epochs: int,

@@ -1,0 +1,564 @@
+"""Computations and figures of the book's Theory chapter (``book/theory.ipynb``).
+
+The exact quantities of Lemma 4.1 / Theorem 4.1 live in :mod:`kd2m.theory`; this module
+arranges them for the chapter:
+
+* **synthetic part**: two Gaussians with a closed-form ``W_2`` (paper eq. 6) and a plot of
+  the empirical estimator's error against ``n`` (:func:`example_gaussians`,
+  :func:`convergence_figure`); synthetic teacher/student features with a random linear
+  head (:func:`synthetic_features`, :func:`synthetic_sweep`, :func:`sweep_figure`); the
+  example on which the paper's label-blind ``W_1`` fails (:func:`swapped_labels_example`);
+* **trained part**: the teacher's head ``h_T = (W, b)`` (:func:`teacher_head`), the stored
+  test features of a run (:func:`monitor_arrays`), one :class:`~kd2m.theory.BoundReport` per
+  epoch (:func:`reports_over_epochs`), tables (:func:`bound_table`, :func:`epoch_frame`,
+  :func:`summary_frame`), the figure over epochs (:func:`plot_bounds_over_epochs`) and the
+  check over everything (:func:`violations`).
+
+Theorem 4.1 is about a **fixed** hypothesis ``h`` applied to both feature distributions.
+In the trained part ``h`` is the teacher's head: ``R_{P_T}(h_T)`` is the teacher's own risk
+on the test images, ``R_{P_S}(h_T)`` the risk of the student's features read by the
+teacher's head (the student's own head is not ``h``). Everything is computed in float64
+numpy; nothing here trains.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.special import logsumexp
+
+from kd2m import theory
+
+__all__ = [
+    "EPOCH_QUANTITIES",
+    "all_reports_hold",
+    "bound_table",
+    "centred_lipschitz",
+    "convergence_figure",
+    "convergence_frame",
+    "epoch_frame",
+    "example_gaussians",
+    "head_accuracy",
+    "looseness_ladder",
+    "looseness_frame",
+    "monitor_arrays",
+    "per_sample_ce",
+    "plot_bounds_over_epochs",
+    "realised_lipschitz",
+    "report_extras",
+    "reports_over_epochs",
+    "student_configs",
+    "summary_frame",
+    "sweep_figure",
+    "swapped_labels_example",
+    "synthetic_features",
+    "synthetic_sweep",
+    "teacher_head",
+    "violations",
+    "w2_crosscheck",
+]
+
+EPOCH_QUANTITIES = ("W1", "W1_labelled", "coupling_gap", "max_gap", "abs_risk_gap",
+                    "lip_W1_labelled")
+"""Columns of :func:`epoch_frame` drawn by :func:`plot_bounds_over_epochs`."""
+
+
+# --------------------------------------------------------------------------- #
+# Small helpers on a fixed linear head
+# --------------------------------------------------------------------------- #
+def _f64(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def per_sample_ce(z: Any, y: Any, weight: Any, bias: Any = None) -> np.ndarray:
+    """``CE(W z_i + b, y_i) = logsumexp(W z_i + b) - (W z_i + b)_{y_i}`` for each row (float64).
+
+    The mean is :func:`kd2m.theory.risk` (natural log).
+    """
+    z, w = _f64(z), _f64(weight)
+    y = np.asarray(_f64(y), dtype=np.int64)
+    b = np.zeros(w.shape[0]) if bias is None else _f64(bias)
+    if z.ndim != 2 or w.ndim != 2 or z.shape[1] != w.shape[1] or y.shape != (z.shape[0],):
+        raise ValueError(f"expected z (n, d), y (n,), weight (K, d); got z {z.shape}, "
+                         f"y {y.shape}, weight {w.shape}")
+    logits = z @ w.T + b
+    return logsumexp(logits, axis=1) - logits[np.arange(z.shape[0]), y]
+
+
+def head_accuracy(z: Any, y: Any, weight: Any, bias: Any = None) -> float:
+    """Accuracy of the linear head ``argmax(W z + b)`` on the rows of ``z``."""
+    z, w = _f64(z), _f64(weight)
+    b = np.zeros(w.shape[0]) if bias is None else _f64(bias)
+    y = np.asarray(_f64(y), dtype=np.int64)
+    return float(np.mean(np.argmax(z @ w.T + b, axis=1) == y))
+
+
+def centred_lipschitz(weight: Any) -> float:
+    """``sqrt(2) * ||W - 1 w_bar^T||_2`` with ``w_bar`` the mean row of ``W``: a Lipschitz
+    constant of ``z -> CE(W z + b, y)`` at most :func:`kd2m.theory.lipschitz_ce_linear`.
+
+    Why it is valid: the gradient is ``W^T (p - e_y)`` and ``1^T (p - e_y) = 0``, so
+    ``W^T (p - e_y) = (W - 1 w_bar^T)^T (p - e_y)`` and ``||p - e_y|| <= sqrt(2)``.
+    Shown in the chapter only, to measure how much of the bound's looseness the crude
+    constant explains; the checks use the constant of :mod:`kd2m.theory`.
+    """
+    w = _f64(weight)
+    return float(math.sqrt(2.0) * np.linalg.norm(w - w.mean(axis=0, keepdims=True), ord=2))
+
+
+def realised_lipschitz(zs: Any, zt: Any, y: Any, weight: Any, bias: Any = None) -> float:
+    """``max_i |CE(h(zs_i), y_i) - CE(h(zt_i), y_i)| / ||zs_i - zt_i||`` over pairs with
+    ``zs_i != zt_i``: the largest slope of the loss actually met on the identity coupling
+    (a lower bound on the true Lipschitz constant; 0 when every pair coincides)."""
+    zs, zt = _f64(zs), _f64(zt)
+    d = np.linalg.norm(zs - zt, axis=1)
+    diff = np.abs(per_sample_ce(zs, y, weight, bias) - per_sample_ce(zt, y, weight, bias))
+    ok = d > 0
+    return float(np.max(diff[ok] / d[ok])) if np.any(ok) else 0.0
+
+
+def looseness_ladder(zs: Any, zt: Any, y: Any, weight: Any, bias: Any = None
+                     ) -> list[theory.Inequality]:
+    """Where the per-sample bound ``|R_S - R_T| <= Lip * coupling_gap`` loses, rung by rung.
+
+    With ``D_i = CE(h(zs_i), y_i) - CE(h(zt_i), y_i)``, ``Delta_i = zs_i - zt_i`` and
+    ``W_c = W - 1 w_bar^T`` (:func:`centred_lipschitz`), each rung is an inequality that
+    holds exactly:
+
+    1. ``|mean_i D_i| <= mean_i |D_i|`` (cancellation: gains and losses of single images
+       offset each other in the risk);
+    2. ``mean_i |D_i| <= sqrt(2) mean_i ||W_c Delta_i||`` (the loss and its direction: the CE
+       depends on the centred logits only, and its change is, to first order, the inner
+       product of the logit displacement ``W_c Delta_i`` with the gradient ``p - e_y``, of
+       norm ``< sqrt(2)``: small on confidently classified points, and rarely aligned with
+       the displacement);
+    3. ``sqrt(2) mean_i ||W_c Delta_i|| <= sqrt(2) ||W_c||_2 mean_i ||Delta_i||`` (the feature
+       direction: a displacement is amplified by the largest singular value only when it
+       points along its singular vector; ``W_c`` has rank ``< K`` in ``R^d``);
+    4. ``sqrt(2) ||W_c||_2 mean ||Delta_i|| <= sqrt(2) ||W||_2 mean ||Delta_i||`` (centring).
+
+    The last right-hand side is ``Lip * coupling_gap`` of :mod:`kd2m.theory`; the ratio
+    ``lhs / rhs`` of each rung says how much that step costs. Tolerances as in
+    :mod:`kd2m.theory` (relative ``DEFAULT_RTOL`` of the larger side).
+    """
+    zs, zt, w = _f64(zs), _f64(zt), _f64(weight)
+    d_ce = per_sample_ce(zs, y, w, bias) - per_sample_ce(zt, y, w, bias)
+    wc = w - w.mean(axis=0, keepdims=True)
+    delta = zs - zt
+    s2 = math.sqrt(2.0)
+    values = [abs(float(np.mean(d_ce))), float(np.mean(np.abs(d_ce))),
+              s2 * float(np.mean(np.linalg.norm(delta @ wc.T, axis=1))),
+              centred_lipschitz(w) * float(np.mean(np.linalg.norm(delta, axis=1))),
+              theory.lipschitz_ce_linear(w) * float(np.mean(np.linalg.norm(delta, axis=1)))]
+    names = [("|R_S - R_T| <= mean |CE_S,i - CE_T,i|", "cancellation between images"),
+             ("mean |dCE_i| <= sqrt2 mean ||W_c (zs_i - zt_i)||",
+              "loss gradient p - e_y small or not aligned with the logit displacement"),
+             ("sqrt2 mean ||W_c d_i|| <= sqrt2 ||W_c||_2 mean ||d_i||",
+              "feature displacements not along the head's top singular vector"),
+             ("sqrt2 ||W_c||_2 gap <= sqrt2 ||W||_2 gap (= Lip * coupling_gap)",
+              "centring the head")]
+    return [theory.Inequality(n, lhs, rhs, theory.DEFAULT_RTOL * max(abs(lhs), abs(rhs)), why)
+            for (n, why), lhs, rhs in zip(names, values[:-1], values[1:], strict=True)]
+
+
+def looseness_frame(monitors: Mapping[str, Mapping], weight: Any, bias: Any = None, *,
+                    n_points: int | None = None, seed: int = 0, epoch: int = -1):
+    """:func:`looseness_ladder` of each student at ``epoch`` as a DataFrame indexed by
+    ``(student, rung)`` with ``lhs, rhs, ratio, holds``."""
+    import pandas as pd
+
+    rows = []
+    for student, mon in monitors.items():
+        epochs, zt, y = monitor_arrays(mon, n_points, seed=seed)
+        for ineq in looseness_ladder(epochs[epoch], zt, y, weight, bias):
+            r = ineq.row()
+            rows.append({"student": student, "rung": r["name"], "lhs": r["lhs"],
+                         "rhs": r["rhs"], "ratio": r["ratio"], "holds": r["holds"],
+                         "what it costs": ineq.statement})
+    return pd.DataFrame(rows).set_index(["student", "rung"])
+
+
+# --------------------------------------------------------------------------- #
+# Synthetic part
+# --------------------------------------------------------------------------- #
+def example_gaussians(d: int = 2, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Two distinct Gaussians ``N(m1, S1)``, ``N(m2, S2)`` in ``R^d`` (full covariances).
+
+    ``m1 = 0``, ``S1 = diag(1, 1/2, 1/3, ...)``; ``m2`` has entries ``1/sqrt(d)`` (so
+    ``||m1 - m2|| = 1``), ``S2 = Q diag(1/2, 1, 2, 1/2, ...) Q^T`` with a random rotation
+    ``Q`` (seeded). Returns ``(m1, S1, m2, S2)``.
+    """
+    if int(d) < 1:
+        raise ValueError(f"d must be >= 1; got {d}")
+    d = int(d)
+    rng = np.random.default_rng(seed)
+    m1 = np.zeros(d)
+    S1 = np.diag(1.0 / np.arange(1, d + 1))
+    m2 = np.full(d, 1.0 / math.sqrt(d))
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    q = q * np.sign(np.diag(r))
+    ev = np.resize(np.array([0.5, 1.0, 2.0]), d)
+    S2 = q @ np.diag(ev) @ q.T
+    return m1, S1, m2, 0.5 * (S2 + S2.T)
+
+
+def convergence_frame(results: Mapping[Any, theory.W2Convergence]):
+    """Long DataFrame ``(label, n, mean, std, abs_error, closed_form, fitted rate)`` from
+    :func:`kd2m.theory.sample_w2_convergence` results keyed by a label (e.g. ``"d = 2"``)."""
+    import pandas as pd
+
+    rows = []
+    for label, c in results.items():
+        for n, m, s, e in zip(c.sizes, c.mean, c.std, c.abs_error, strict=True):
+            rows.append({"case": label, "n": n, "empirical W2 (mean)": m, "std": s,
+                         "closed form W2": c.closed_form, "|error|": e, "fitted rate": c.slope})
+    return pd.DataFrame(rows).set_index(["case", "n"])
+
+
+def convergence_figure(results: Mapping[Any, theory.W2Convergence]):
+    """Left: empirical ``W_2`` (mean ± std over repeats) against ``n``, with the closed form
+    (eq. 6) as a horizontal line. Right: ``|W_2 empirical - closed form|`` on log-log axes
+    with the least-squares line ``log err = a + slope log n`` (slope in the legend)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    for i, (label, c) in enumerate(results.items()):
+        color = f"C{i}"
+        n = np.asarray(c.sizes, float)
+        m, s = np.asarray(c.mean), np.asarray(c.std)
+        axes[0].errorbar(n, m, yerr=s, marker="o", ms=4, capsize=3, color=color,
+                         label=f"{label}: empirical")
+        axes[0].axhline(c.closed_form, color=color, ls="--", lw=1,
+                        label=f"{label}: closed form {c.closed_form:.3f}")
+        axes[1].loglog(n, c.abs_error, "o", color=color, label=f"{label}: |error|")
+        if math.isfinite(c.slope):
+            grid = np.geomspace(n.min(), n.max(), 50)
+            axes[1].loglog(grid, np.exp(c.intercept) * grid ** c.slope, "-", color=color,
+                           lw=1, label=f"{label}: fit n^{c.slope:.2f}")
+    axes[0].set(xscale="log", xlabel="n (samples per Gaussian)", ylabel="W2 (not squared)",
+                title="empirical W2 vs closed form (eq. 6)")
+    axes[1].set(xlabel="n (samples per Gaussian)", ylabel="mean |W2_n - W2|",
+                title="estimation error, log-log")
+    sizes = sorted({int(n) for c in results.values() for n in c.sizes})
+    for ax in axes:
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.legend(fontsize=7)
+    return fig
+
+
+def synthetic_features(n: int = 300, d: int = 8, n_classes: int = 3, eps: float = 0.3,
+                       seed: int = 0) -> dict[str, np.ndarray]:
+    """Teacher features ``zt``: a Gaussian cluster per class (unit-norm means times 3, unit
+    noise); student features ``zs = zt + eps * (A zt + xi)`` with a random matrix ``A``
+    (entries ``N(0, 1/d)``) and standard noise ``xi`` (a student that is a perturbed copy of
+    the teacher, ``eps = 0`` being the teacher itself); a random linear head ``W`` (entries
+    ``N(0, 1/d)``), ``b = 0``. Returns ``{"zs", "zt", "y", "weight", "bias"}``.
+
+    One seeded stream: ``zt``, ``y``, ``W``, ``A`` and ``xi`` do not depend on ``eps``, so a
+    sweep over ``eps`` moves the student alone.
+    """
+    if n < 1 or d < 1 or n_classes < 1 or eps < 0:
+        raise ValueError(f"need n, d, n_classes >= 1 and eps >= 0; got {n}, {d}, "
+                         f"{n_classes}, {eps}")
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((n_classes, d))
+    means *= 3.0 / np.linalg.norm(means, axis=1, keepdims=True)
+    y = rng.integers(0, n_classes, size=n)
+    zt = means[y] + rng.standard_normal((n, d))
+    weight = rng.standard_normal((n_classes, d)) / math.sqrt(d)
+    A = rng.standard_normal((d, d)) / math.sqrt(d)
+    xi = rng.standard_normal((n, d))
+    zs = zt + eps * (zt @ A.T + xi)
+    return {"zs": zs, "zt": zt, "y": y, "weight": weight, "bias": np.zeros(n_classes)}
+
+
+def synthetic_sweep(eps_values: Sequence[float], **kwargs) -> dict[float, theory.BoundReport]:
+    """One :func:`kd2m.theory.bound_report` per ``eps`` of :func:`synthetic_features`
+    (``kwargs`` passed on): the student converging uniformly to the teacher as ``eps -> 0``."""
+    out = {}
+    for eps in eps_values:
+        f = synthetic_features(eps=float(eps), **kwargs)
+        out[float(eps)] = theory.bound_report(f["zs"], f["zt"], f["y"], f["weight"], f["bias"])
+    return out
+
+
+def sweep_figure(reports: Mapping[float, theory.BoundReport]):
+    """``|R_S - R_T|`` and the three right-hand sides of Theorem 4.1 (times ``Lip``) against
+    the student's perturbation ``eps``, log-log: all go to 0 with ``eps`` (the theorem's
+    consequence: ``g_S -> g_T`` uniformly implies equal risks)."""
+    import matplotlib.pyplot as plt
+
+    eps = np.array(sorted(e for e in reports if e > 0))
+    rep = [reports[e] for e in eps]
+    fig, ax = plt.subplots(figsize=(5.6, 3.8), constrained_layout=True)
+    ax.loglog(eps, [abs(r.risk_gap) for r in rep], "o-", color="black", label="|R_S - R_T|")
+    for key, label, c in (("W1_labelled", "Lip · W1_labelled", "C0"),
+                          ("coupling_gap", "Lip · mean ||zS - zT||", "C1"),
+                          ("max_gap", "Lip · max ||zS - zT||", "C2")):
+        ax.loglog(eps, [r.lipschitz * getattr(r, key) for r in rep], "s--", color=c, ms=4,
+                  label=label)
+    ax.set(xlabel="student perturbation eps", ylabel="risk gap / bound",
+           title="synthetic student -> teacher")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def swapped_labels_example() -> theory.BoundReport:
+    """Two images of different classes whose features are swapped between student and
+    teacher: the plain ``W_1`` is 0 (same cloud of points), the risks differ, so the paper's
+    label-blind first step fails while the label-aware chain holds (1-D features, a head
+    that favours class 1 for large ``z``)."""
+    zs = np.array([[1.0], [-1.0]])
+    zt = np.array([[-1.0], [1.0]])
+    y = np.array([0, 1])
+    weight = np.array([[-2.0], [2.0]])
+    return theory.bound_report(zs, zt, y, weight, np.zeros(2))
+
+
+# --------------------------------------------------------------------------- #
+# Trained part
+# --------------------------------------------------------------------------- #
+def student_configs(profile: str, dataset: str, metrics: Sequence[str], *, seed: int,
+                    source: str, overrides: Mapping | None = None) -> dict[str, Any]:
+    """``{"baseline": cfg, metric: cfg, ...}``: the student baseline (``lambda = 0``) and one
+    KD2M student per metric, as :func:`kd2m.profiles.student_config` builds them (the same
+    configs, hence the same stored runs, as the earlier chapters)."""
+    from kd2m.profiles import student_config
+
+    ov = dict(overrides or {})
+    out = {"baseline": student_config(profile, dataset, None, seed=seed, source=source, **ov)}
+    for m in metrics:
+        out[m] = student_config(profile, dataset, m, seed=seed, source=source, **ov)
+    return out
+
+
+def teacher_head(cfg, root=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, b)`` of the trained teacher's linear head (float64 numpy); ``cfg`` is the
+    teacher's :class:`~kd2m.runs.RunConfig` (``student_cfg.teacher``)."""
+    from kd2m.runs import load_model
+
+    model, _ = load_model(cfg, root)
+    return _f64(model.head.weight), _f64(model.head.bias)
+
+
+def _stratified(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` indices of ``y``, each class getting a share proportional to its count (largest
+    remainder), drawn with a seeded generator; returned sorted."""
+    classes, counts = np.unique(y, return_counts=True)
+    quota = counts * n / y.shape[0]
+    take = np.floor(quota).astype(int)
+    rest = n - int(take.sum())
+    take[np.argsort(-(quota - take), kind="stable")[:rest]] += 1
+    rng = np.random.default_rng(seed)
+    idx = [rng.choice(np.flatnonzero(y == c), size=k, replace=False)
+           for c, k in zip(classes, take, strict=True)]
+    return np.sort(np.concatenate(idx))
+
+
+def monitor_arrays(monitor: Mapping, n_points: int | None = None, *, seed: int = 0
+                   ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """``(student features per epoch, teacher features, labels)`` of a run's monitor
+    (:func:`kd2m.runs.load_monitor`), float64.
+
+    With ``n_points`` smaller than the number of stored images, a seeded class-stratified
+    subset of ``n_points`` images (the same rows for every epoch and for the teacher; the
+    stored images may be sorted by class, so the first rows would not do); all images when
+    ``None``. Student features are those stored (projected into the teacher's space when
+    the sizes differ).
+    """
+    if monitor.get("teacher") is None or not monitor.get("epochs"):
+        raise ValueError("the monitor holds no teacher features or no epochs "
+                         "(is it a student run with a teacher?)")
+    zt = _f64(monitor["teacher"])
+    y = np.asarray(_f64(monitor["labels"]), dtype=np.int64)
+    epochs = [_f64(z) for z in monitor["epochs"]]
+    if n_points is not None:
+        if int(n_points) < 1:
+            raise ValueError(f"n_points must be None or >= 1; got {n_points}")
+        if int(n_points) < y.shape[0]:
+            idx = _stratified(y, int(n_points), seed)
+            return [z[idx] for z in epochs], zt[idx], y[idx]
+    return epochs, zt, y
+
+
+def reports_over_epochs(monitor: Mapping, weight: Any, bias: Any = None, *,
+                        n_points: int | None = None, seed: int = 0
+                        ) -> list[theory.BoundReport]:
+    """One :func:`kd2m.theory.bound_report` per stored epoch: student features of that epoch
+    against the teacher's features, both read by the fixed head ``(weight, bias)``
+    (``n_points``, ``seed``: see :func:`monitor_arrays`)."""
+    epochs, zt, y = monitor_arrays(monitor, n_points, seed=seed)
+    return [theory.bound_report(zs, zt, y, weight, bias) for zs in epochs]
+
+
+def bound_table(report: theory.BoundReport, *, with_plain: bool = True):
+    """The report's inequalities as a DataFrame indexed by name: ``lhs, rhs, slack, ratio
+    (lhs / rhs), holds`` and ``checked`` (True for the inequalities that
+    :func:`kd2m.theory.check_bounds` enforces). ``with_plain`` appends the paper's literal,
+    label-blind step (``checked = False``: it is not guaranteed)."""
+    import pandas as pd
+
+    rows = [r | {"checked": True} for r in report.table()]
+    if with_plain:
+        rows.append(report.plain_w1_bound().row() | {"checked": False})
+    return pd.DataFrame(rows).set_index("name")
+
+
+def report_extras(report: theory.BoundReport) -> dict[str, float]:
+    """Derived numbers of one report: ``abs_risk_gap``, the bound ``lip_W1_labelled`` and
+    ratio ``gap_over_bound = |R_S - R_T| / (Lip W1_labelled)`` (NaN when the bound is 0)."""
+    bound = report.lipschitz * report.W1_labelled
+    gap = abs(report.risk_gap)
+    return {"abs_risk_gap": gap, "lip_W1_labelled": bound,
+            "gap_over_bound": gap / bound if bound > 0 else float("nan")}
+
+
+def epoch_frame(reports: Mapping[str, Sequence[theory.BoundReport]],
+                records: Mapping[str, dict] | None = None):
+    """Long DataFrame indexed by ``(student, epoch)`` (epochs from 1) with every field of
+    each report and :func:`report_extras`; with ``records`` (run records of the same
+    students), also the student's own test accuracy and cross-entropy after that epoch
+    (``own_test_acc``, ``own_test_ce``: its own head on the whole test set)."""
+    import pandas as pd
+
+    rows = []
+    for student, reps in reports.items():
+        hist = records[student]["history"] if records is not None else None
+        for e, r in enumerate(reps, start=1):
+            d = {k: v for k, v in r.to_dict().items() if k not in ("inequalities",
+                                                                  "plain_w1_bound")}
+            row = {"student": student, "epoch": e, **d, **report_extras(r)}
+            if hist is not None:
+                row["own_test_acc"] = hist[e - 1]["test_acc"]
+                row["own_test_ce"] = hist[e - 1]["test_ce"]
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["student", "epoch"])
+
+
+_TITLES = {"W1": "W1 (plain, features only)", "W1_labelled": "W1_labelled",
+           "coupling_gap": "coupling gap  mean ||zS - zT||", "max_gap": "max gap  max ||zS - zT||",
+           "abs_risk_gap": "risk gap (solid) vs Lip · W1_labelled (dashed)",
+           "lip_W1_labelled": "ratio |risk gap| / (Lip · W1_labelled)"}
+
+
+def plot_bounds_over_epochs(reports: Mapping[str, Sequence[theory.BoundReport]]):
+    """2 x 3 panels over the training epochs, one colour per student: ``W1``,
+    ``W1_labelled``, the coupling gap, the max gap (transport terms); the risk gap under the
+    teacher's head (solid) with its bound ``Lip * W1_labelled`` (dashed, log scale: they
+    differ by orders of magnitude); and the ratio gap / bound (how much of the bound is
+    used)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    df = epoch_frame(reports)
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7), constrained_layout=True)
+    axes = axes.ravel()
+    for i, student in enumerate(reports):
+        sub = df.loc[student]
+        ep = sub.index.to_numpy()
+        c = f"C{i}"
+        for ax, key in zip(axes[:4], EPOCH_QUANTITIES[:4], strict=True):
+            ax.plot(ep, sub[key], "o-", ms=3, color=c, label=student)
+        axes[4].plot(ep, sub["abs_risk_gap"], "o-", ms=3, color=c, label=f"{student}: gap")
+        axes[4].plot(ep, sub["lip_W1_labelled"], "s--", ms=3, color=c,
+                     label=f"{student}: bound")
+        axes[5].plot(ep, sub["gap_over_bound"], "o-", ms=3, color=c, label=student)
+    for ax, key in zip(axes, EPOCH_QUANTITIES, strict=True):
+        ax.set(title=_TITLES[key], xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[4].set_yscale("log")
+    axes[5].set_ylim(bottom=0)
+    axes[0].legend(fontsize=8)
+    axes[4].legend(fontsize=7)
+    fig.suptitle("Theorem 4.1 on stored test features, teacher's head h_T fixed")
+    return fig
+
+
+def summary_frame(reports: Mapping[str, Sequence[theory.BoundReport]],
+                  monitors: Mapping[str, Mapping],
+                  weight: Any, bias: Any = None, *, records: Mapping[str, dict] | None = None,
+                  n_points: int | None = None, seed: int = 0, epoch: int = -1):
+    """One row per student at ``epoch`` (default the last).
+
+    ``reports`` as :func:`reports_over_epochs` returns them, per student, with the same
+    ``n_points`` and ``seed``. Columns: accuracies of the teacher's head on both feature sets
+    (and, with ``records``, the student's own final test accuracy), the risks, the
+    Lipschitz constants (the checked ``sqrt(2) ||W||_2``, the centred one, the largest slope
+    met on the test pairs), the bound ``Lip * W1_labelled`` with the ratio gap / bound, the
+    ratios of steps 2 and 3 of the chain, and ``err bound (CE/ln2)``: the 0-1 error that the
+    bound certifies for the student's features under ``h_T``,
+    ``min(1, (R_T + Lip W1_labelled) / ln 2)`` (a misclassified point has ``CE >= ln 2``),
+    1 meaning vacuous.
+    """
+    import pandas as pd
+
+    rows = []
+    for student, reps in reports.items():
+        r = reps[epoch]
+        epochs, zt, y = monitor_arrays(monitors[student], n_points, seed=seed)
+        zs = epochs[epoch]
+        ex = report_extras(r)
+        row = {
+            "student": student,
+            "teacher acc (h_T, zT) %": 100 * head_accuracy(zt, y, weight, bias),
+            "student acc (h_T, zS) %": 100 * head_accuracy(zs, y, weight, bias),
+            "R_T(h_T)": r.risk_teacher, "R_S(h_T)": r.risk_student,
+            "|gap|": ex["abs_risk_gap"], "W1": r.W1, "W1_labelled": r.W1_labelled,
+            "Lip": r.lipschitz, "Lip centred": centred_lipschitz(weight),
+            "Lip realised": realised_lipschitz(zs, zt, y, weight, bias),
+            "Lip·W1_lab": ex["lip_W1_labelled"], "gap / bound": ex["gap_over_bound"],
+            "W1_lab / coupling gap": r.W1_labelled / r.coupling_gap if r.coupling_gap > 0
+            else float("nan"),
+            "coupling gap / max gap": r.coupling_gap / r.max_gap if r.max_gap > 0
+            else float("nan"),
+            "err bound (CE/ln2)": min(1.0, (r.risk_teacher + ex["lip_W1_labelled"])
+                                      / math.log(2)),
+        }
+        if records is not None and student in records:
+            row["student acc (own head) %"] = 100 * records[student]["final"]["test_acc"]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("student")
+
+
+def violations(reports: Mapping[str, Sequence[theory.BoundReport]]) -> dict[str, list]:
+    """``{student: [(epoch, Inequality), ...]}`` of the violated checked inequalities
+    (:func:`kd2m.theory.check_bounds` without raising); empty lists when all hold."""
+    return {s: [(e, v) for e, r in enumerate(reps, start=1)
+                for v in theory.check_bounds(r, raise_on_violation=False)]
+            for s, reps in reports.items()}
+
+
+def all_reports_hold(reports: Mapping[str, Sequence[theory.BoundReport]]) -> bool:
+    """True iff every checked inequality of every report holds (and there is one report)."""
+    v = violations(reports)
+    n = sum(len(r) for r in reports.values())
+    return n > 0 and all(not x for x in v.values())
+
+
+def w2_crosscheck(records: Mapping[str, dict], monitors: Mapping[str, Mapping]):
+    """The squared ``W_2`` that training logged after each epoch (``test_feature_w2`` of the
+    record's history, computed by :func:`kd2m.metrics.wasserstein` on the float32 features)
+    against :func:`kd2m.theory.empirical_wasserstein` squared, recomputed here on the
+    monitor's stored (float16) features of all its images: two independent implementations
+    of eq. (3). DataFrame indexed by ``(student, epoch)`` with ``logged``, ``recomputed`` and
+    ``rel_diff``."""
+    import pandas as pd
+
+    rows = []
+    for student, rec in records.items():
+        epochs, zt, _ = monitor_arrays(monitors[student])
+        for e, (row, zs) in enumerate(zip(rec["history"], epochs, strict=True), start=1):
+            logged = row.get("test_feature_w2")
+            ours = theory.empirical_wasserstein(zs, zt, p=2) ** 2
+            rel = (abs(ours - logged) / max(abs(logged), 1e-300)
+                   if logged is not None else float("nan"))
+            rows.append({"student": student, "epoch": e, "logged": logged, "recomputed": ours,
+                         "rel_diff": rel})
+    return pd.DataFrame(rows).set_index(["student", "epoch"])
