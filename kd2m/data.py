@@ -791,19 +791,18 @@ class Loader:
         return order.to(self.device), offsets.to(self.device), flips.to(self.device)
 
     def _augment(self, xb: torch.Tensor, off: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-        """Crop of the zero-padded batch at per-image offsets, flipped where ``flip``."""
+        """Crop of the zero-padded batch at per-image offsets, flipped where ``flip``: one
+        ``gather`` over the flattened padded images (no host synchronisation)."""
         p = self.crop_padding
-        if p == 0 and not bool(flip.any()):
-            return xb
-        b, _, h, w = xb.shape
+        b, c, h, w = xb.shape
         xp = F.pad(xb, (p, p, p, p)) if p else xb
         ar_h = torch.arange(h, device=xb.device)
         ar_w = torch.arange(w, device=xb.device)
-        rows = off[:, :1] + ar_h  # (B, H)
+        rows = off[:, :1] + ar_h  # (B, H) rows of the padded image
         cols = off[:, 1:] + torch.where(flip[:, None], ar_w.flip(0), ar_w)  # (B, W)
-        bi = torch.arange(b, device=xb.device)[:, None, None]
-        out = xp[bi, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-        return out.permute(0, 3, 1, 2).contiguous()
+        idx = (rows[:, :, None] * (w + 2 * p) + cols[:, None, :]).view(b, 1, h * w)
+        out = xp.reshape(b, c, -1).gather(2, idx.expand(b, c, h * w))
+        return out.view(b, c, h, w)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterator over the ``len(self)`` batches ``(x, y)`` of epoch ``epoch``."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kd2m.profiles import student_config, teacher_config
+from kd2m.profiles import student_config, teacher_config, teacher_overrides
 from kd2m.runs import RunConfig, load_monitor, run
 
 __all__ = ["data_args", "table1_configs", "table1_runs", "sweep_configs", "sweep_runs",
@@ -36,8 +36,7 @@ def table1_configs(profile: str, dataset: str, rows: list[str], seeds: list[int]
     if unknown:
         raise ValueError(f"rows={unknown}: expected Table 1 rows among {sorted(TABLE1_METRICS)}")
     overrides = dict(overrides or {})
-    shared = {k: overrides[k] for k in ("n_train", "n_test") if k in overrides}
-    teacher = teacher_config(profile, dataset, source=source, **(overrides | shared))
+    teacher = teacher_config(profile, dataset, source=source, **teacher_overrides(overrides))
     out = {"teacher": [teacher],
            "student": [student_config(profile, dataset, None, seed=s, source=source,
                                       teacher=teacher, **overrides) for s in seeds]}

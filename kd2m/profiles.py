@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from kd2m.runs import RunConfig
 
-__all__ = ["PROFILES", "teacher_config", "student_config"]
+__all__ = ["PROFILES", "teacher_config", "student_config", "teacher_overrides"]
 
 PROFILES: dict[str, dict] = {
     "paper": {
@@ -25,9 +25,9 @@ PROFILES: dict[str, dict] = {
         "pretrained": False,
     },
     "cpu": {
-        "teacher": {"arch": "resnet20", "stem": "cifar", "width": 16},
+        "teacher": {"arch": "resnet20", "stem": "cifar", "width": 16, "epochs": 10},
         "student": {"arch": "resnet8", "stem": "cifar", "width": 16},
-        "n_train": 10000, "n_test": 2000, "epochs": 6, "batch_size": 128, "lr": 5e-2,
+        "n_train": 5000, "n_test": 2000, "epochs": 5, "batch_size": 128, "lr": 5e-2,
         "momentum": 0.9, "weight_decay": 5e-4, "lr_min": 1e-4, "lam": 1e-2, "seed": 42,
         "pretrained": False,
     },
@@ -35,6 +35,16 @@ PROFILES: dict[str, dict] = {
 
 _SHARED = ("n_train", "n_test", "epochs", "batch_size", "lr", "momentum", "weight_decay",
            "lr_min", "pretrained")
+# Overrides of a student that its default teacher follows too (the data it sees and the
+# optimisation, e.g. {"epochs": 1} for a dry run); the architecture, metric, lambda and seed
+# stay the student's own.
+TEACHER_FOLLOWS = ("n_train", "n_test", "epochs", "batch_size", "lr", "momentum",
+                   "weight_decay", "lr_min", "pretrained", "hflip")
+
+
+def teacher_overrides(overrides: dict | None) -> dict:
+    """The part of a student's ``overrides`` that its default teacher follows."""
+    return {k: v for k, v in (overrides or {}).items() if k in TEACHER_FOLLOWS}
 
 
 def _profile(name: str) -> dict:
@@ -63,21 +73,20 @@ def teacher_config(profile: str, dataset: str, *, source: str = "torchvision",
 def student_config(profile: str, dataset: str, metric: str | None = None, *,
                    lam: float | None = None, seed: int | None = None,
                    source: str = "torchvision", teacher: RunConfig | None = None,
-                   teacher_overrides: dict | None = None, **overrides) -> RunConfig:
+                   teacher_changes: dict | None = None, **overrides) -> RunConfig:
     """A student of ``profile``: the baseline when ``metric`` is None, KD2M otherwise.
 
     ``lam`` defaults to the profile's lambda when a metric is given and to 0 without one.
-    The teacher defaults to :func:`teacher_config` of the same profile and data (with
-    ``teacher_overrides``); the shared data fields (subset sizes) follow the student's.
+    The teacher defaults to :func:`teacher_config` of the same profile and data, with the
+    overrides it follows (:data:`TEACHER_FOLLOWS`) and then ``teacher_changes``.
     """
     p = _profile(profile)
     _check_overrides(overrides)
     if lam is None:
         lam = p["lam"] if metric is not None else 0.0
     if teacher is None:
-        shared = {k: overrides[k] for k in ("n_train", "n_test") if k in overrides}
         teacher = teacher_config(profile, dataset, source=source,
-                                 **(shared | (teacher_overrides or {})))
+                                 **(teacher_overrides(overrides) | (teacher_changes or {})))
     kw = {k: p[k] for k in _SHARED} | p["student"]
     kw |= {"role": "student", "dataset": dataset, "source": source, "metric": metric,
            "lam": float(lam), "seed": p["seed"] if seed is None else seed, "teacher": teacher}

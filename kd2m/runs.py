@@ -38,7 +38,7 @@ __all__ = ["RunConfig", "run", "load_record", "list_runs", "run_dir", "data_root
 RECORD_FORMAT = 1
 ROLES = ("teacher", "student")
 SOURCES = ("torchvision", "folder")
-MONITOR_SIZE = 1000  # test images whose features are kept each epoch
+MONITOR_SIZE = 1000  # class-balanced test images whose features are kept each epoch
 
 
 def data_root() -> Path:
@@ -284,8 +284,10 @@ def load_model(cfg: RunConfig, root: Path | str | None = None, device="cpu"):
 
 
 def load_monitor(cfg: RunConfig, root: Path | str | None = None) -> dict:
-    """Per-epoch test features of a run: ``{"labels", "indices", "epochs": [tensor, ...],
-    "teacher": tensor or None, "head": [(W, b), ...]}`` (float32, CPU)."""
+    """Per-epoch features of the monitored test images (class-balanced, see
+    ``_monitor_indices``): ``{"indices", "labels", "epochs": [student features per epoch
+    (float16; projected into the teacher's space when sizes differ)], "teacher": teacher
+    features (float32), "head": [(W, b) of the student head per epoch]}``, on the CPU."""
     path = run_dir(cfg, root) / "monitor.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run(config) first (run {cfg.name})")
@@ -336,6 +338,11 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
 
+    # The monitor: a fixed, class-balanced set of test images (the first of each class in
+    # test order), whose features are kept every epoch for Fig. 3 and the theory chapter.
+    mon_idx = _monitor_indices(data.y_test, MONITOR_SIZE)
+    monitor_loader = Loader(data.x_test[mon_idx], data.y_test[mon_idx], mean=data.info.mean,
+                            std=data.info.std, batch_size=500, train=False, **loader_kw)
     teacher_feats = None
     projector_dims = None
     if cfg.teacher is not None:
@@ -356,12 +363,13 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
         distiller = Distiller(teacher=teacher, metric=metric, lam=cfg.lam, projector=projector)
         from kd2m.train import evaluate
 
-        teacher_feats = evaluate(teacher, test_loader, device=dev,
-                                 keep_features=MONITOR_SIZE)["features"]
+        teacher_feats = evaluate(teacher, monitor_loader, device=dev,
+                                 keep_features=len(mon_idx))["features"]
 
     ckpt_path = d / "checkpoint.pt"
     state = None
-    monitor = {"epochs": [], "head": [], "teacher": teacher_feats, "labels": None}
+    monitor = {"epochs": [], "head": [], "teacher": teacher_feats, "indices": mon_idx,
+               "labels": data.y_test[mon_idx]}
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     wall_before = 0.0
     if ckpt_path.exists():
@@ -387,10 +395,12 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
             **env, "started": started, "wall_seconds": wall,
         }
 
-    def on_epoch_end(row, st, test):
+    def on_epoch_end(row, st):
         if teacher_feats is not None:
             from kd2m.metrics import wasserstein
+            from kd2m.train import evaluate
 
+            test = evaluate(model, monitor_loader, device=dev, keep_features=len(mon_idx))
             zs = test["features"]
             if projector_dims is not None:
                 with torch.no_grad():
@@ -398,7 +408,6 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
             row["test_feature_w2"] = float(wasserstein(zs.double(), teacher_feats.double()))
             row["test_feature_gap"] = float((zs - teacher_feats).norm(dim=1).mean())
             monitor["epochs"].append(zs.half())
-            monitor["labels"] = test["labels"]
             head = model.head
             monitor["head"].append((head.weight.detach().float().cpu(),
                                     head.bias.detach().float().cpu()))
@@ -414,7 +423,6 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
                       epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum,
                       weight_decay=cfg.weight_decay, lr_min=cfg.lr_min, device=dev,
                       distiller=distiller, state=state, on_epoch_end=on_epoch_end,
-                      keep_features=MONITOR_SIZE if teacher_feats is not None else 0,
                       progress=progress)
     except _Stopped:
         return load_record(rec_path)
@@ -430,6 +438,16 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
     _atomic_json(rec_path, rec)
     ckpt_path.unlink(missing_ok=True)
     return rec
+
+
+def _monitor_indices(y: torch.Tensor, size: int) -> torch.Tensor:
+    """``size`` test indices, class-balanced: the first ``size // K`` of each class in test
+    order (fewer where a class has fewer), sorted. Deterministic, so every run of a dataset
+    monitors the same images."""
+    classes = torch.unique(y)
+    per = max(1, size // len(classes))
+    idx = torch.cat([torch.nonzero(y == c).flatten()[:per] for c in classes])
+    return idx.sort().values
 
 
 class _Stopped(Exception):

@@ -181,15 +181,14 @@ def evaluate(model, loader, *, device: torch.device, keep_features: int = 0) -> 
 def fit(model, *, train_loader, test_loader, epochs: int, lr: float, momentum: float,
         weight_decay: float, lr_min: float, device: torch.device,
         distiller: Distiller | None = None, state: dict | None = None,
-        on_epoch_end: Callable[[dict, dict, dict], None] | None = None,
-        keep_features: int = 0, progress: bool = True) -> list[dict]:
+        on_epoch_end: Callable[[dict, dict], None] | None = None,
+        progress: bool = True) -> list[dict]:
     """Algorithm 1: train ``model`` for ``epochs`` epochs and return the per-epoch history.
 
     ``state`` (from a checkpoint: model, projector, optimiser and scheduler states, history)
-    resumes after its last finished epoch. After every epoch ``on_epoch_end(row, state, test)``
-    is called with the epoch's record row, the full resumable state, which the caller writes
-    to disk, and ``test``: the first ``keep_features`` test features and labels of the model
-    (an empty dict when ``keep_features == 0``), from which the caller derives monitors.
+    resumes after its last finished epoch. After every epoch ``on_epoch_end(row, state)`` is
+    called with the epoch's record row (which it may extend with monitors) and the full
+    resumable state, which the caller writes to disk.
     The data order of epoch ``k`` depends only on the loader's seed and ``k``, so a resumed
     run replays exactly the batches of an uninterrupted one.
     """
@@ -213,9 +212,7 @@ def fit(model, *, train_loader, test_loader, epochs: int, lr: float, momentum: f
         row.update(train_epoch(model, train_loader, epoch, opt, device=device,
                                distiller=distiller, progress=progress))
         sched.step()
-        test = evaluate(model, test_loader, device=device, keep_features=keep_features)
-        extras = {k: test.pop(k) for k in ("features", "labels") if k in test}
-        row.update(test)
+        row.update(evaluate(model, test_loader, device=device))
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         if on_epoch_end is not None:
@@ -225,5 +222,5 @@ def fit(model, *, train_loader, test_loader, epochs: int, lr: float, momentum: f
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "history": history,
-            }, extras)
+            })
     return history
