@@ -30,7 +30,8 @@ from collections.abc import Callable
 import torch
 
 __all__ = ["bench_metrics", "print_metrics_table", "resnet18_step_seconds", "bench_data",
-           "bench_steps", "bench_epoch", "print_rows", "main"]
+           "bench_steps", "bench_epoch", "print_rows", "frame", "hardware", "load_results",
+           "main"]
 
 
 def _sync(device: torch.device) -> None:
@@ -313,12 +314,22 @@ def bench_steps(n: int = 128, repeats: int = 10, warmup: int = 3, device: str = 
         d = Distiller(teacher=t, metric=metric, lam=lam_)
         return lambda: train_step(s, x, y, opt, device=dev, distiller=d, lam=lam_)
 
-    base = statistics.median(_time(step_fn(_null_metric, lam), repeats, warmup, dev))
+    names = metrics or list(METRICS)
+    steps = {name: step_fn(get_metric(name), lam) for name in names}
+    null = step_fn(_null_metric, lam)
+    for fn in [null, *steps.values()]:  # warm every path first (kernels, cudnn autotuning)
+        _time(fn, 1, warmup, dev)
+    # the distance-free step is timed before and after the metrics, so a drift of clocks
+    # or load during the run shows, and its median over both is the reference
+    before = _time(null, repeats, 0, dev)
+    timed = {name: statistics.median(_time(fn, repeats, 0, dev)) for name, fn in steps.items()}
+    after = _time(null, repeats, 0, dev)
+    base = statistics.median(before + after)
     rows = [{"step": "distance-free (student step + teacher forward)", "seconds": base,
-             "ratio": 1.0}]
-    for name in metrics or [m for m in METRICS if m != "hinton"] + ["hinton"]:
-        sec = statistics.median(_time(step_fn(get_metric(name), lam), repeats, warmup, dev))
-        rows.append({"step": f"KD2M {name}", "seconds": sec, "ratio": sec / base})
+             "ratio": 1.0, "before/after": statistics.median(before) / statistics.median(after)}]
+    for name, sec in timed.items():
+        rows.append({"step": f"KD2M {name}", "seconds": sec, "ratio": sec / base,
+                     "before/after": None})
     return rows
 
 
@@ -404,7 +415,7 @@ def _cell(v) -> str:
     return str(v)
 
 
-def _hardware(device: str) -> str:
+def hardware(device: str) -> str:
     import platform
 
     dev = torch.device(device)
@@ -414,10 +425,31 @@ def _hardware(device: str) -> str:
             f"threads, torch {torch.__version__}")
 
 
+def frame(rows: list[dict]):
+    """Benchmark rows as a pandas DataFrame indexed by their first column."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    return df.set_index(df.columns[0])
+
+
+def load_results(folder) -> dict:
+    """Merge the benchmark JSON files of ``folder`` (``--json`` outputs: keys ``data``,
+    ``steps``, ``epoch`` and ``hardware``) into one dict."""
+    from pathlib import Path
+
+    out: dict = {}
+    for path in sorted(Path(folder).glob("*.json")):
+        blob = json.loads(path.read_text())
+        if isinstance(blob, dict):
+            out.update(blob)
+    return out
+
+
 def _run_training(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = {"hardware": _hardware(args.device)}
+    out = {"hardware": hardware(args.device)}
     print(f"hardware: {out['hardware']}")
     if args.command in ("data", "all"):
         out["data"] = bench_data(n=args.images, device=args.device, workers=args.workers)
