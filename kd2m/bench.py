@@ -34,6 +34,13 @@ __all__ = ["bench_metrics", "print_metrics_table", "resnet18_step_seconds", "ben
            "main"]
 
 
+def _device(device) -> torch.device:
+    """``"auto"`` (CUDA, MPS or CPU) or any torch device name."""
+    from kd2m.train import resolve_device
+
+    return resolve_device(device)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -59,7 +66,7 @@ def resnet18_step_seconds(
     """Seconds per SGD step of torchvision resnet18 (ImageNet stem) on n 3x32x32 images."""
     from torchvision.models import resnet18
 
-    device = torch.device(device)
+    device = _device(device)
     g = torch.Generator().manual_seed(0)
     model = resnet18(weights=None, num_classes=num_classes).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
@@ -97,7 +104,7 @@ def bench_metrics(
     """
     from kd2m.metrics import METRICS, TABLE1_METRICS, get_metric
 
-    device = torch.device(device)
+    device = _device(device)
     names = list(METRICS) if metrics is None else list(metrics)
     rows_of = {v: k for k, v in TABLE1_METRICS.items()}
     g = torch.Generator().manual_seed(seed)
@@ -244,7 +251,7 @@ def bench_data(n: int = 10000, batch_size: int = 128, workers: int = 2,
 
     from kd2m.data import DATASETS, Loader
 
-    dev = torch.device(device)
+    dev = _device(device)
     x, y, what = _bench_images(n)
     info = DATASETS["cifar10"]
     tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
@@ -283,6 +290,27 @@ def _null_metric(zs, zt, y, **extra):
 _null_metric.inputs = "features"
 
 
+def _student_teacher(dev: torch.device, student: dict, teacher: dict):
+    """A fresh student (train mode) and a frozen teacher (eval mode) on ``dev``, in
+    channels_last with cuDNN autotuning on CUDA, as the trainer runs them. ``student`` and
+    ``teacher`` hold ``arch`` and optionally ``stem`` and ``width``."""
+    from kd2m.models import build_model
+
+    torch.manual_seed(0)
+    nets = []
+    for spec in (student, teacher):
+        net = build_model(spec["arch"], 10, stem=spec.get("stem"), width=spec.get("width"))
+        net = net.to(dev)
+        if dev.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        nets.append(net)
+    nets[1].eval()
+    for q in nets[1].parameters():
+        q.requires_grad_(False)
+    return nets
+
+
 def bench_steps(n: int = 128, repeats: int = 10, warmup: int = 3, device: str = "cpu",
                 student: str = "resnet18", teacher: str = "resnet34",
                 metrics: list[str] | None = None, lam: float = 1e-4) -> list[dict]:
@@ -290,19 +318,10 @@ def bench_steps(n: int = 128, repeats: int = 10, warmup: int = 3, device: str = 
     same student step and teacher forward, no distance), at batch ``n`` with the paper's
     networks (512-d features), through :func:`kd2m.train.train_step` itself."""
     from kd2m.metrics import METRICS, get_metric
-    from kd2m.models import build_model
     from kd2m.train import Distiller, make_optimizer, train_step
 
-    dev = torch.device(device)
-    torch.manual_seed(0)
-    s = build_model(student, 10).to(dev)
-    t = build_model(teacher, 10).to(dev).eval()
-    if dev.type == "cuda":
-        s = s.to(memory_format=torch.channels_last)
-        t = t.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
-    for p in t.parameters():
-        p.requires_grad_(False)
+    dev = _device(device)
+    s, t = _student_teacher(dev, {"arch": student}, {"arch": teacher})
     opt, _ = make_optimizer(s.parameters(), lr=1e-3, momentum=0.9, weight_decay=0.0,
                             epochs=1, lr_min=0.0)
     x = torch.randn(n, 3, 32, 32, device=dev)
@@ -340,28 +359,17 @@ def bench_epoch(images: int = 50000, device: str = "cpu", metric: str = "wassers
     distance), through :func:`kd2m.train.train_epoch`."""
     from kd2m.data import DATASETS, Loader
     from kd2m.metrics import get_metric
-    from kd2m.models import build_model
     from kd2m.profiles import PROFILES
     from kd2m.train import Distiller, make_optimizer, train_epoch
 
     p = PROFILES[profile]
-    dev = torch.device(device)
+    dev = _device(device)
     x, y, what = _bench_images(images)
     info = DATASETS["cifar10"]
     loader = Loader(x, y, mean=info.mean, std=info.std, batch_size=p["batch_size"],
                     train=True, device=dev, hflip=True, seed=0,
                     channels_last=dev.type == "cuda")
-    torch.manual_seed(0)
-    kw = {k: p["student"][k] for k in ("stem", "width")}
-    s = build_model(p["student"]["arch"], 10, **kw).to(dev)
-    t = build_model(p["teacher"]["arch"], 10, stem=p["teacher"]["stem"],
-                    width=p["teacher"]["width"]).to(dev).eval()
-    if dev.type == "cuda":
-        s = s.to(memory_format=torch.channels_last)
-        t = t.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
-    for q in t.parameters():
-        q.requires_grad_(False)
+    s, t = _student_teacher(dev, p["student"], p["teacher"])
     rows = []
     for label, distiller in (("baseline epoch (student alone)", None),
                              (f"KD2M epoch ({metric}, lambda {p['lam']:g})",
@@ -418,7 +426,7 @@ def _cell(v) -> str:
 def hardware(device: str) -> str:
     import platform
 
-    dev = torch.device(device)
+    dev = _device(device)
     if dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}"
     return (f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} "

@@ -112,8 +112,14 @@ def embedding_figure(panels: dict[str, tuple[np.ndarray, np.ndarray]], *, seed: 
     ``panels[title] = (teacher_features, student_features)`` (same images, same dimension).
     Each panel fits one seeded UMAP on the two sets stacked, so both live in one embedding.
     """
+    import warnings
+
     import matplotlib.pyplot as plt
-    import umap
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():  # umap's dependencies import tqdm.auto (no ipywidgets)
+        warnings.simplefilter("ignore", TqdmWarning)
+        import umap
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8),
                              constrained_layout=True, squeeze=False)
