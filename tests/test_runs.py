@@ -1,4 +1,4 @@
-"""The training loop (Algorithm 1), the run store, resume and the command line, on tiny generated data."""
+"""The training loop (Algorithm 1), the run store, resume and the CLI, on tiny generated data."""
 
 import json
 
