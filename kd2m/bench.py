@@ -329,13 +329,13 @@ def bench_steps(n: int = 128, repeats: int = 10, warmup: int = 3, device: str = 
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.arange(n, device=dev) % 10
 
-    def step_fn(metric, lam_):
-        d = Distiller(teacher=t, metric=metric, lam=lam_)
-        return lambda: train_step(s, x, y, opt, device=dev, distiller=d, lam=lam_)
+    def step_fn(metric):
+        d = Distiller(teacher=t, metric=metric, lam=lam)
+        return lambda: train_step(s, x, y, opt, device=dev, distiller=d)
 
     names = metrics or list(METRICS)
-    steps = {name: step_fn(get_metric(name), lam) for name in names}
-    null = step_fn(_null_metric, lam)
+    steps = {name: step_fn(get_metric(name)) for name in names}
+    null = step_fn(_null_metric)
     for fn in [null, *steps.values()]:  # warm every path first (kernels, cudnn autotuning)
         _time(fn, 1, warmup, dev)
     # the distance-free step is timed before and after the metrics, so a drift of clocks

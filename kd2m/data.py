@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kd2m._io import atomic_torch_save
+
 __all__ = [
     "CACHE_FORMAT",
     "DATASETS",
@@ -201,17 +203,6 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
         means.append(float(m))
         stds.append(float((p * (levels - m) ** 2).sum().sqrt()))
     return tuple(means), tuple(stds)
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _short_key(obj) -> str:
@@ -419,7 +410,7 @@ def _write_cache(
         "classes": list(classes),
         "provenance": prov,
     }
-    _atomic_torch_save(blob, cache)
+    atomic_torch_save(blob, cache)
 
 
 # ---- torchvision

@@ -23,14 +23,17 @@ import json
 import os
 import platform
 import socket
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from kd2m.train import Distiller, fit, resolve_device
+from kd2m._io import atomic_json, atomic_torch_save
+from kd2m.data import Loader, load_data
+from kd2m.metrics import METRICS, get_metric, wasserstein
+from kd2m.models import build_model, make_projector
+from kd2m.train import Distiller, evaluate, fit, resolve_device
 
 __all__ = ["RunConfig", "run", "load_record", "list_runs", "run_dir", "data_root",
            "load_model", "load_monitor", "RECORD_FORMAT"]
@@ -111,8 +114,6 @@ class RunConfig:
                                  f"metric={self.metric!r}, lam={self.lam!r})")
         else:
             if self.metric is not None:
-                from kd2m.metrics import METRICS
-
                 if self.metric not in METRICS:
                     bad("metric", f"None or one of {sorted(METRICS)}")
             if self.lam > 0 and self.metric is None:
@@ -168,34 +169,6 @@ def run_dir(cfg: RunConfig, root: Path | str | None = None) -> Path:
     return root / "runs" / f"{cfg.name}-{cfg.hash}"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_json(path: Path, obj) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
-
-
-def _atomic_torch_save(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_record(path: Path | str) -> dict:
     """Read a record (a ``record.json`` or a run directory); checks its format version."""
     path = Path(path)
@@ -247,8 +220,6 @@ def _environment(device: torch.device) -> dict:
 
 
 def _load_data(cfg: RunConfig, root: Path, folder, download: bool):
-    from kd2m.data import load_data
-
     data = load_data(cfg.dataset, source=cfg.source, root=root, folder=folder, download=download)
     if cfg.n_train is not None or cfg.n_test is not None:
         data = data.subset(cfg.n_train, cfg.n_test, seed=0)
@@ -256,8 +227,6 @@ def _load_data(cfg: RunConfig, root: Path, folder, download: bool):
 
 
 def _build(cfg: RunConfig, num_classes: int):
-    from kd2m.models import build_model
-
     torch.manual_seed(cfg.seed)  # every run of a seed starts from the same initialisation
     return build_model(cfg.arch, num_classes, stem=cfg.stem, pretrained=cfg.pretrained,
                        width=cfg.width)
@@ -275,8 +244,6 @@ def load_model(cfg: RunConfig, root: Path | str | None = None, device="cpu"):
     model.eval()
     projector = None
     if blob.get("projector") is not None:
-        from kd2m.models import make_projector
-
         projector = make_projector(*blob["projector_dims"]).to(device)
         projector.load_state_dict(blob["projector"])
         projector.eval()
@@ -326,8 +293,6 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
         teacher_rec = run(cfg.teacher, root=root, folder=folder, download=download,
                           device=device, progress=progress)
     data = _load_data(cfg, root, folder, download)
-    from kd2m.data import Loader
-
     hflip = data.info.hflip if cfg.hflip is None else cfg.hflip
     loader_kw = {"device": dev, "channels_last": dev.type == "cuda"}
     train_loader = Loader.from_data(data, "train", batch_size=cfg.batch_size, train=True,
@@ -351,9 +316,6 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
             teacher = teacher.to(memory_format=torch.channels_last)
         for p in teacher.parameters():
             p.requires_grad_(False)
-        from kd2m.metrics import get_metric
-        from kd2m.models import make_projector
-
         projector = None
         if model.feature_dim != teacher.feature_dim:
             torch.manual_seed(cfg.seed + 1)
@@ -361,8 +323,6 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
             projector_dims = (model.feature_dim, teacher.feature_dim)
         metric = get_metric(cfg.metric, **cfg.metric_options) if cfg.metric else None
         distiller = Distiller(teacher=teacher, metric=metric, lam=cfg.lam, projector=projector)
-        from kd2m.train import evaluate
-
         teacher_feats = evaluate(teacher, monitor_loader, device=dev,
                                  keep_features=len(mon_idx))["features"]
 
@@ -397,9 +357,6 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
 
     def on_epoch_end(row, st):
         if teacher_feats is not None:
-            from kd2m.metrics import wasserstein
-            from kd2m.train import evaluate
-
             test = evaluate(model, monitor_loader, device=dev, keep_features=len(mon_idx))
             zs = test["features"]
             if projector_dims is not None:
@@ -412,9 +369,9 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
             monitor["head"].append((head.weight.detach().float().cpu(),
                                     head.bias.detach().float().cpu()))
         wall = wall_before + time.perf_counter() - t_start
-        _atomic_torch_save(ckpt_path, st | {"monitor": monitor, "started": started,
-                                            "wall_seconds": wall})
-        _atomic_json(rec_path, record(st["history"], "running", wall))
+        atomic_torch_save(st | {"monitor": monitor, "started": started,
+                                "wall_seconds": wall}, ckpt_path)
+        atomic_json(record(st["history"], "running", wall), rec_path)
         if stop_after is not None and row["epoch"] >= stop_after and row["epoch"] < cfg.epochs:
             raise _Stopped
 
@@ -428,14 +385,14 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
         return load_record(rec_path)
     wall = wall_before + time.perf_counter() - t_start
     proj = distiller.projector if distiller is not None else None
-    _atomic_torch_save(d / "model.pt", {
+    atomic_torch_save({
         "model": model.state_dict(), "num_classes": len(data.classes),
         "projector": proj.state_dict() if proj is not None else None,
-        "projector_dims": projector_dims})
+        "projector_dims": projector_dims}, d / "model.pt")
     if teacher_feats is not None:
-        _atomic_torch_save(d / "monitor.pt", monitor)
+        atomic_torch_save(monitor, d / "monitor.pt")
     rec = record(history, "finished", wall)
-    _atomic_json(rec_path, rec)
+    atomic_json(rec, rec_path)
     ckpt_path.unlink(missing_ok=True)
     return rec
 

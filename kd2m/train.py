@@ -98,14 +98,14 @@ def make_optimizer(params, *, lr: float, momentum: float, weight_decay: float, e
     return opt, sched
 
 
-def train_step(model, x, y, opt, *, device: torch.device, distiller: Distiller | None = None,
-               lam: float = 0.0):
-    """One SGD step on ``CE + lam * D`` (eq. 1). Returns detached-able ``(logits, ce, D)``
-    (``D`` is None without a metric)."""
+def train_step(model, x, y, opt, *, device: torch.device, distiller: Distiller | None = None):
+    """One SGD step on ``CE + lambda * D`` (eq. 1; ``lambda = distiller.lam``). Returns
+    ``(logits, ce, D)`` (``D`` is None without a metric)."""
     with _autocast(device):
         logits, feats = model(x)
         dist = distiller.loss(logits, feats, x, y) if distiller is not None else None
     ce = F.cross_entropy(logits.float(), y)
+    lam = distiller.lam if distiller is not None else 0.0
     loss = ce + lam * dist if (dist is not None and lam > 0) else ce
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -129,12 +129,10 @@ def train_epoch(model, loader, epoch: int, opt, *, device: torch.device,
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     has_d = distiller is not None and distiller.metric is not None
-    lam = distiller.lam if distiller is not None else 0.0
     bar = tqdm(loader.epoch(epoch), total=len(loader), desc=f"epoch {epoch + 1}",
                disable=not progress, leave=False)
     for x, y in bar:
-        logits, ce, dist = train_step(model, x, y, opt, device=device, distiller=distiller,
-                                      lam=lam)
+        logits, ce, dist = train_step(model, x, y, opt, device=device, distiller=distiller)
         n = y.shape[0]
         seen += n
         sum_ce += ce.detach().double() * n
@@ -153,12 +151,12 @@ def train_epoch(model, loader, epoch: int, opt, *, device: torch.device,
 @torch.no_grad()
 def evaluate(model, loader, *, device: torch.device, keep_features: int = 0) -> dict:
     """Test cross-entropy and accuracy; with ``keep_features > 0`` also the first
-    ``keep_features`` feature vectors (float32, on the CPU) and their labels."""
+    ``keep_features`` feature vectors (float32, on the CPU)."""
     model.eval()
     sum_ce = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
-    feats, labels = [], []
+    feats = []
     kept = 0
     for x, y in loader.epoch(0):
         with _autocast(device):
@@ -169,12 +167,10 @@ def evaluate(model, loader, *, device: torch.device, keep_features: int = 0) -> 
         if kept < keep_features:
             take = min(keep_features - kept, y.shape[0])
             feats.append(z[:take].float().cpu())
-            labels.append(y[:take].cpu())
             kept += take
     out = {"test_ce": (sum_ce / seen).item(), "test_acc": correct.item() / seen}
     if keep_features:
         out["features"] = torch.cat(feats)
-        out["labels"] = torch.cat(labels)
     return out
 
 
