@@ -38,3 +38,33 @@ def test_required_packages_are_declared():
     for pkg in ["torch", "torchvision", "jupyter-book", "matplotlib", "umap-learn", "pot",
                 "nbval", "papermill"]:
         assert re.search(rf"(^|\s){re.escape(pkg)}[=<>]", text), pkg
+
+
+def test_lock_pins_every_declared_package_within_its_range():
+    """requirements/lock.txt (what `make setup` installs with) satisfies pyproject's ranges."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"lock line {line!r} is not an exact pin"
+            pins[canonicalize_name(name)] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + sum(project["optional-dependencies"].values(), [])
+    for text in declared:
+        req = Requirement(text)
+        version = pins.get(canonicalize_name(req.name))
+        assert version is not None, f"{req.name} is declared but not in requirements/lock.txt"
+        assert req.specifier.contains(version, prereleases=True), (req, version)
+
+
+def test_makefile_uses_the_project_venv_and_the_lock():
+    make = (ROOT / "Makefile").read_text()
+    assert "-m jupyter_book" not in make  # jupyter-book 1.x has no __main__
+    assert re.search(r"^PY := \$\(VENV\)/bin/python$", make, re.M)
+    assert "-c $(LOCK)" in make
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^make build$", ci, re.M)
