@@ -9,6 +9,11 @@ registry, a label style that writes "Chen et al., 2021" (one author: "Takatsu, 2
 label) and a formatting style ``kd2m`` (pybtex's ``unsrt`` with these labels, sorted by
 author, year and title), which ``bibtex_default_style: kd2m`` selects.
 
+It also registers, with sphinxcontrib-bibtex's own plugin registry, the referencing style
+``kd2m_author_year`` (``bibtex_reference_style``): sphinxcontrib-bibtex's ``author_year``
+with round brackets and semicolons, "(Gou et al., 2021; Hinton et al., 2015)", as in the
+paper, instead of its default square brackets.
+
 Registration happens when Sphinx imports this module, before sphinxcontrib-bibtex looks the
 style up (it does so while reading the ``bibliography`` directive).
 """
@@ -16,14 +21,19 @@ style up (it does so while reading the ``bibliography`` directive).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 
 from pybtex.plugin import find_plugin, register_plugin
 from pybtex.richtext import Text
 from pybtex.style.formatting.unsrt import Style as UnsrtStyle
 from pybtex.style.labels import BaseLabelStyle
+from sphinxcontrib.bibtex import plugin as bibtex_plugin
+from sphinxcontrib.bibtex.style.referencing import BracketStyle
+from sphinxcontrib.bibtex.style.referencing.author_year import AuthorYearReferenceStyle
 
 LABEL_STYLE = "kd2m_author_year"
 FORMATTING_STYLE = "kd2m"
+REFERENCING_STYLE = "kd2m_author_year"
 
 
 def _surname(person) -> str:
@@ -71,6 +81,21 @@ class AuthorYearStyle(UnsrtStyle):
     default_sorting_style = "author_year_title"
 
 
+def _round() -> BracketStyle:
+    return BracketStyle(left="(", right=")", sep="; ")
+
+
+@dataclass
+class RoundAuthorYearReferenceStyle(AuthorYearReferenceStyle):
+    """Author-year citations in round brackets, separated by semicolons."""
+
+    bracket_textual: BracketStyle = field(default_factory=_round)
+    bracket_parenthetical: BracketStyle = field(default_factory=_round)
+    bracket_author: BracketStyle = field(default_factory=_round)
+    bracket_label: BracketStyle = field(default_factory=_round)
+    bracket_year: BracketStyle = field(default_factory=_round)
+
+
 def _register() -> None:
     for group, name, klass in (
         ("pybtex.style.labels", LABEL_STYLE, AuthorYearLabelStyle),
@@ -82,6 +107,9 @@ def _register() -> None:
             registered = None
         if registered is None:
             register_plugin(group, name, klass)
+    bibtex_plugin.register_plugin(
+        "sphinxcontrib.bibtex.style.referencing", REFERENCING_STYLE, RoundAuthorYearReferenceStyle
+    )
 
 
 _register()
