@@ -17,7 +17,8 @@ page, so that a failure names the page and the check:
 
 The book is built into a temporary folder (``jupyter-book build``: it renders the stored
 notebook outputs, it executes nothing), unless ``_build/html`` is newer than every source
-file, in which case that build is used. Pages are served over HTTP on 127.0.0.1.
+file, in which case that build is used (``KD2M_BOOK_HTML=<folder>`` tests a given build).
+Pages are served over HTTP on 127.0.0.1.
 
 Needs the Python package ``playwright`` and a Chromium from the system (Debian:
 ``apt-get install chromium``); the browser is never downloaded at run time. Where either is
@@ -111,6 +112,11 @@ def _jupyter_book() -> list[str]:
 
 @pytest.fixture(scope="session")
 def html_dir(tmp_path_factory) -> Path:
+    given = os.environ.get("KD2M_BOOK_HTML")
+    if given:
+        if not (Path(given) / "index.html").is_file():
+            pytest.fail(f"KD2M_BOOK_HTML={given} holds no index.html: point it at a built book")
+        return Path(given)
     fresh = _fresh_build()
     if fresh is not None:
         return fresh
@@ -195,8 +201,13 @@ async () => {
   };
 
   // MathJax errors and math left as TeX
-  const mathErrors = [...document.querySelectorAll('mjx-merror, [data-mjx-error]')]
-    .map(e => (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 120));
+  // (MathJax writes an undefined macro such as \foo in red instead of failing)
+  const mathErrors = [...new Set([
+    ...[...document.querySelectorAll('mjx-math [data-mjx-error], mjx-math mjx-merror')]
+      .map(e => (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 120)),
+    ...[...document.querySelectorAll('mjx-assistive-mml mtext[mathcolor="red"]')]
+      .map(e => 'undefined macro ' + e.textContent.slice(0, 60)),
+  ])];
   const untypeset = [...article.querySelectorAll('.math')]
     .filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.slice(0, 80));
   const skip = 'script, style, pre, code, kbd, samp, textarea, mjx-container, .highlight';
@@ -204,7 +215,10 @@ async () => {
   const commands = ['frac', 'mathbb', 'mathrm', 'mathcal', 'operatorname', 'lVert', 'rVert',
     'sum', 'alpha', 'beta', 'lambda', 'sigma', 'Sigma', 'mu', 'theta', 'hat', 'tilde', 'le',
     'ge', 'cdot', 'dots', 'sqrt', 'top', 'quad', 'begin', 'end'];
-  const tex = new RegExp(String.raw`\$[^$\s][^$]*\$|\\[()[\]]|\\(${commands.join('|')})\b`);
+  // $...$, \( \) \[ \], a known command not followed by a letter (\frac12, \sum_k),
+  // any command with a braced argument (\mathbf{x}), $ before a command, ^{ or _{
+  const tex = new RegExp(String.raw`\$[^$\s][^$]*\$|\\[()[\]]|\\(${commands.join('|')})(?![A-Za-z])`
+    + String.raw`|\\[A-Za-z]+\{|\$\\[A-Za-z]|[_^]\{`);
   const rawTex = [];
   for (let n = walker.nextNode(); n; n = walker.nextNode()) {
     const p = n.parentElement;
