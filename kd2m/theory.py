@@ -76,7 +76,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import ot
 import scipy.linalg
 from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
@@ -233,6 +232,8 @@ def _emd_wasserstein(dist: np.ndarray, p: int) -> float:
     cost = np.ascontiguousarray((dist / dmax) ** p, dtype=np.float64)
     if n == 1 or m == 1:  # a single atom on one side: the only coupling is the product
         return dmax * float(np.mean(cost)) ** (1.0 / p)
+    import ot  # here, not at the top: POT imports scikit-learn, which imports pandas
+
     a = np.full(n, 1.0 / n)
     b = np.full(m, 1.0 / m)
     value, log = ot.emd2(a, b, cost, numItermax=_EMD_MAX_ITER, log=True)

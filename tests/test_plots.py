@@ -6,7 +6,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from kd2m import experiments, plots
+from kd2m.book import experiments, plots
 
 matplotlib.use("Agg")
 

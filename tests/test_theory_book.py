@@ -1,4 +1,4 @@
-"""Tests for kd2m.theory_book (the Theory chapter's computations), on small synthetic data."""
+"""Tests for kd2m.book.theory_book (the Theory chapter's computations), on small synthetic data."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from kd2m import theory  # noqa: E402
-from kd2m import theory_book as tb  # noqa: E402
+from kd2m.book import theory_book as tb  # noqa: E402
 
 
 def fake_monitor(n: int = 60, d: int = 6, k: int = 3, epochs: int = 3, seed: int = 0,

@@ -110,7 +110,7 @@ def results_records(folder: str | Path) -> dict[str, dict[str, list[dict]]]:
     ``teacher``, ``student``, ``E1``..``G3`` by each record's role and metric). Empty when the
     folder does not exist."""
     from kd2m.metrics import TABLE1_METRICS
-    from kd2m.plots import load_results
+    from kd2m.book.plots import load_results
 
     if not Path(folder).is_dir():
         return {}
@@ -135,7 +135,7 @@ def results_table(folder: str | Path):
     hardware, the data copy and the wall time of each run."""
     import pandas as pd
 
-    from kd2m.plots import table1
+    from kd2m.book.plots import table1
 
     recs = results_records(folder)
     if not recs:
