@@ -26,19 +26,15 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+
+from kd2m.train import resolve_device
 
 __all__ = ["bench_metrics", "print_metrics_table", "resnet18_step_seconds", "bench_data",
            "bench_steps", "bench_epoch", "print_rows", "frame", "hardware", "load_results",
            "main"]
-
-
-def _device(device) -> torch.device:
-    """``"auto"`` (CUDA, MPS or CPU) or any torch device name."""
-    from kd2m.train import resolve_device
-
-    return resolve_device(device)
 
 
 def _sync(device: torch.device) -> None:
@@ -66,7 +62,7 @@ def resnet18_step_seconds(
     """Seconds per SGD step of torchvision resnet18 (ImageNet stem) on n 3x32x32 images."""
     from torchvision.models import resnet18
 
-    device = _device(device)
+    device = resolve_device(device)
     g = torch.Generator().manual_seed(0)
     model = resnet18(weights=None, num_classes=num_classes).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
@@ -104,7 +100,7 @@ def bench_metrics(
     """
     from kd2m.metrics import METRICS, TABLE1_METRICS, get_metric
 
-    device = _device(device)
+    device = resolve_device(device)
     names = list(METRICS) if metrics is None else list(metrics)
     rows_of = {v: k for k, v in TABLE1_METRICS.items()}
     g = torch.Generator().manual_seed(seed)
@@ -251,7 +247,7 @@ def bench_data(n: int = 10000, batch_size: int = 128, workers: int = 2,
 
     from kd2m.data import DATASETS, Loader
 
-    dev = _device(device)
+    dev = resolve_device(device)
     x, y, what = _bench_images(n)
     info = DATASETS["cifar10"]
     tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
@@ -282,12 +278,16 @@ def bench_data(n: int = 10000, batch_size: int = 128, workers: int = 2,
              "ratio": ours / tv, "data": what}]
 
 
-def _null_metric(zs, zt, y, **extra):
-    """The distance-free step's stand-in: keeps the teacher forward, adds no distance."""
-    return zs.new_zeros(())
+@dataclass(frozen=True)
+class _DistanceFree:
+    """The distance-free step's metric (:class:`kd2m.train.DistillationMetric`): the teacher
+    forward runs, the distance is a constant 0."""
 
+    inputs: str = "features"
+    needs_student_probs: bool = False
 
-_null_metric.inputs = "features"
+    def __call__(self, zs, zt, y=None, *, ps=None, validate: bool = True) -> torch.Tensor:
+        return zs.new_zeros(())
 
 
 def _student_teacher(dev: torch.device, student: dict, teacher: dict):
@@ -320,7 +320,7 @@ def bench_steps(n: int = 128, repeats: int = 10, warmup: int = 3, device: str = 
     from kd2m.metrics import METRICS, get_metric
     from kd2m.train import Distiller, make_optimizer, train_step
 
-    dev = _device(device)
+    dev = resolve_device(device)
     s, t = _student_teacher(dev, {"arch": student}, {"arch": teacher})
     opt, _ = make_optimizer(s.parameters(), lr=1e-3, momentum=0.9, weight_decay=0.0,
                             epochs=1, lr_min=0.0)
@@ -335,7 +335,7 @@ def bench_steps(n: int = 128, repeats: int = 10, warmup: int = 3, device: str = 
 
     names = metrics or list(METRICS)
     steps = {name: step_fn(get_metric(name)) for name in names}
-    null = step_fn(_null_metric)
+    null = step_fn(_DistanceFree())
     for fn in [null, *steps.values()]:  # warm every path first (kernels, cudnn autotuning)
         _time(fn, 1, warmup, dev)
     # the distance-free step is timed before and after the metrics, so a drift of clocks
@@ -363,7 +363,7 @@ def bench_epoch(images: int = 50000, device: str = "cpu", metric: str = "wassers
     from kd2m.train import Distiller, make_optimizer, train_epoch
 
     p = PROFILES[profile]
-    dev = _device(device)
+    dev = resolve_device(device)
     x, y, what = _bench_images(images)
     info = DATASETS["cifar10"]
     loader = Loader(x, y, mean=info.mean, std=info.std, batch_size=p["batch_size"],
@@ -426,7 +426,7 @@ def _cell(v) -> str:
 def hardware(device: str) -> str:
     import platform
 
-    dev = _device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}"
     return (f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} "

@@ -493,15 +493,23 @@ class BoundReport:
         ``coupling_gap_rms <= max_gap`` and the per-sample bound
         ``|risk_S - risk_T| <= Lip * coupling_gap`` of EQUATIONS.md.
         """
-        fs, ls, L = self.feature_scale, self.loss_scale, self.lipschitz
-        rs, rt = self.risk_student, self.risk_teacher
+        return self._transport_chain() + self._risk_chain() + self._rms_chain()
 
-        def feat(name: str, lhs: float, rhs: float, why: str) -> Inequality:
-            return Inequality(name, float(lhs), float(rhs), self._tol(lhs, rhs, scale=fs), why)
+    def _feat(self, name: str, lhs: float, rhs: float, why: str) -> Inequality:
+        """An inequality between transport quantities (tolerance on the feature scale)."""
+        return Inequality(
+            name, float(lhs), float(rhs), self._tol(lhs, rhs, scale=self.feature_scale), why
+        )
 
-        def loss(name: str, lhs: float, rhs: float, why: str) -> Inequality:
-            return Inequality(name, float(lhs), float(rhs), self._tol(lhs, rhs, scale=ls), why)
+    def _loss(self, name: str, lhs: float, rhs: float, why: str) -> Inequality:
+        """An inequality between risks (tolerance on the loss scale)."""
+        return Inequality(
+            name, float(lhs), float(rhs), self._tol(lhs, rhs, scale=self.loss_scale), why
+        )
 
+    def _transport_chain(self) -> list[Inequality]:
+        """``W1 <= W1_labelled <= coupling_gap <= max_gap`` and ``W1 <= W2``."""
+        feat = self._feat
         return [
             feat(
                 "W1 <= W1_labelled",
@@ -523,6 +531,13 @@ class BoundReport:
                 "a mean is at most the maximum",
             ),
             feat("W1 <= W2", self.W1, self.W2, "Jensen: the W2-optimal plan costs >= W1 in L1"),
+        ]
+
+    def _risk_chain(self) -> list[Inequality]:
+        """The risk gap against ``Lip`` times the transport terms (Theorem 4.1, eq. 10)."""
+        loss, L = self._loss, self.lipschitz
+        rs, rt = self.risk_student, self.risk_teacher
+        return [
             loss(
                 "|risk_S - risk_T| <= Lip * W1_labelled",
                 abs(rs - rt),
@@ -554,6 +569,12 @@ class BoundReport:
                 L * self.coupling_gap,
                 "per-sample Lipschitz bound (EQUATIONS.md, Section 4)",
             ),
+        ]
+
+    def _rms_chain(self) -> list[Inequality]:
+        """``W2 <= coupling_gap_rms``, ``coupling_gap <= coupling_gap_rms <= max_gap``."""
+        feat = self._feat
+        return [
             feat(
                 "W2 <= coupling_gap_rms",
                 self.W2,

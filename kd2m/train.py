@@ -21,24 +21,27 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["resolve_device", "Distiller", "evaluate", "make_optimizer", "train_step", "train_epoch",
-           "fit"]
+__all__ = ["resolve_device", "DistillationMetric", "Distiller", "evaluate", "make_optimizer",
+           "train_step", "train_epoch", "fit"]
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device``."""
+def resolve_device(device: str | torch.device = "auto", *, allow_mps: bool = True) -> torch.device:
+    """``"auto"`` picks CUDA, then MPS (unless ``allow_mps=False``, e.g. for float64 work:
+    MPS has none), then CPU; anything else is passed to ``torch.device``."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        mps = getattr(torch.backends, "mps", None)
+        if allow_mps and mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -53,41 +56,58 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+class DistillationMetric(Protocol):
+    """What :class:`Distiller` needs of a metric (:class:`kd2m.metrics.Metric` is one).
+
+    ``inputs``: ``"features"`` (the student's projected features and the teacher's) or
+    ``"logits"``; ``needs_student_probs``: whether ``ps`` (softmax of the student's logits)
+    must be passed. Called as ``metric(zs, zt, y, ps=ps, validate=False)`` (``ps`` only
+    when needed); returns a 0-dim tensor.
+    """
+
+    inputs: str
+    needs_student_probs: bool
+
+    def __call__(self, zs, zt, y=None, *, ps=None, validate: bool = True) -> torch.Tensor: ...
+
+
 @dataclass
 class Distiller:
     """What the student is distilled with: a frozen teacher, a metric, a weight and a projector.
 
-    ``metric`` is a callable from :func:`kd2m.metrics.get_metric` (``fn(zs, zt, y)``) whose
-    attribute ``inputs`` is ``"features"`` or ``"logits"``. With ``lam == 0`` and a metric the
-    distance is still computed (without gradient) and recorded, which is what Fig. 2 plots for
-    ``lambda = 0``.
+    ``metric`` follows :class:`DistillationMetric` (e.g. :func:`kd2m.metrics.get_metric`).
+    With ``lam == 0`` and a metric the distance is still computed (without gradient) and
+    recorded, which is what Fig. 2 plots for ``lambda = 0``.
     """
 
     teacher: nn.Module
-    metric: Callable | None = None
+    metric: DistillationMetric | None = None
     lam: float = 0.0
     projector: nn.Module | None = None
 
-    def loss(self, logits_s, feats_s, x, y):
-        """Return the distillation term ``D`` (0-dim tensor, float32+) or ``None``."""
+    def terms(self, logits_s, feats_s, x, y) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(D, lambda * D)``: the distance (0-dim, float32+, recorded) and the weighted term
+        added to the cross-entropy (None when ``lam == 0``); ``(None, None)`` without a
+        metric."""
         if self.metric is None:
-            return None
+            return None, None
         with torch.no_grad():
             logits_t, feats_t = self.teacher(x)
-        if getattr(self.metric, "inputs", "features") == "logits":
+        if self.metric.inputs == "logits":
             zs, zt = logits_s, logits_t
         else:
             zs = self.projector(feats_s) if self.projector is not None else feats_s
             zt = feats_t
         # validate=False: no host synchronisation for the NaN check on every step; a
         # non-finite loss is caught at the end of the epoch (train_epoch).
-        extra = {"validate": False}
-        if getattr(self.metric, "options", {}).get("label_cost") == "ce":
-            extra["ps"] = logits_s.float().softmax(1)  # JDOT: the student's predictions
+        kwargs: dict = {"validate": False}
+        if self.metric.needs_student_probs:
+            kwargs["ps"] = logits_s.float().softmax(1)  # JDOT: the student's predictions
         if self.lam == 0:
             with torch.no_grad():
-                return self.metric(zs.detach().float(), zt.float(), y, **extra)
-        return self.metric(zs.float(), zt.float(), y, **extra)
+                return self.metric(zs.detach().float(), zt.float(), y, **kwargs), None
+        dist = self.metric(zs.float(), zt.float(), y, **kwargs)
+        return dist, self.lam * dist
 
 
 def make_optimizer(params, *, lr: float, momentum: float, weight_decay: float, epochs: int,
@@ -103,10 +123,9 @@ def train_step(model, x, y, opt, *, device: torch.device, distiller: Distiller |
     ``(logits, ce, D)`` (``D`` is None without a metric)."""
     with _autocast(device):
         logits, feats = model(x)
-        dist = distiller.loss(logits, feats, x, y) if distiller is not None else None
+        dist, term = (None, None) if distiller is None else distiller.terms(logits, feats, x, y)
     ce = F.cross_entropy(logits.float(), y)
-    lam = distiller.lam if distiller is not None else 0.0
-    loss = ce + lam * dist if (dist is not None and lam > 0) else ce
+    loss = ce + term if term is not None else ce
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

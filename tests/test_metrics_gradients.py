@@ -24,24 +24,24 @@ GRADCHECKED = {
     "wasserstein_emd": lambda s, t, y: M.wasserstein(
         s, t[:-1], a=torch.full((len(s),), 1 / len(s))
     ),
-    "class_wasserstein": lambda s, t, y: M.class_conditional_wasserstein(s, t, y),
+    "class_wasserstein": lambda s, t, y: M.class_wasserstein(s, t, y),
     "joint_wasserstein": lambda s, t, y: M.joint_wasserstein(s, t, y, beta=0.7),
     "gaussian_wasserstein": lambda s, t, y: M.gaussian_wasserstein(s, t),
     "gaussian_wasserstein_diag": lambda s, t, y: M.gaussian_wasserstein(s, t, diagonal=True),
     "gaussian_kl": lambda s, t, y: M.gaussian_kl(s, t, shrinkage=0.3),
     "gaussian_kl_ridge": lambda s, t, y: M.gaussian_kl(s, t, shrinkage=None, eps=0.1),
     "gaussian_kl_diag": lambda s, t, y: M.gaussian_kl(s, t, diagonal=True, shrinkage=0.2),
-    "class_gaussian": lambda s, t, y: M.class_conditional_gaussian(s, t, y),
-    "class_gaussian_diag": lambda s, t, y: M.class_conditional_gaussian(s, t, y, diagonal=True),
-    "class_gaussian_kl": lambda s, t, y: M.class_conditional_gaussian(
+    "class_gaussian": lambda s, t, y: M.class_gaussian(s, t, y),
+    "class_gaussian_diag": lambda s, t, y: M.class_gaussian(s, t, y, diagonal=True),
+    "class_gaussian_kl": lambda s, t, y: M.class_gaussian(
         s, t, y, divergence="kl", shrinkage=0.3
     ),
-    "class_gaussian_kl_diag": lambda s, t, y: M.class_conditional_gaussian(
+    "class_gaussian_kl_diag": lambda s, t, y: M.class_gaussian(
         s, t, y, divergence="kl", diagonal=True, shrinkage=0.3
     ),
     "mmd": lambda s, t, y: M.mmd(s, t, bandwidth=1.3),
     "mmd_poly": lambda s, t, y: M.mmd(s, t, kernel="polynomial"),
-    "hinton": lambda s, t, y: M.hinton_kd(s, t, temperature=2.0),
+    "hinton": lambda s, t, y: M.hinton(s, t, temperature=2.0),
 }
 
 # (n, d, labels): n < d, n > d (with classes larger than d: the QR path), and a single-sample class
@@ -125,11 +125,11 @@ TRAINING.update(
     {
         "gaussian_wasserstein_diag": lambda s, t, y: M.gaussian_wasserstein(s, t, diagonal=True),
         "gaussian_kl_diag": lambda s, t, y: M.gaussian_kl(s, t, diagonal=True),
-        "class_gaussian_kl": lambda s, t, y: M.class_conditional_gaussian(s, t, y, divergence="kl"),
-        "class_gaussian_kl_diag": lambda s, t, y: M.class_conditional_gaussian(
+        "class_gaussian_kl": lambda s, t, y: M.class_gaussian(s, t, y, divergence="kl"),
+        "class_gaussian_kl_diag": lambda s, t, y: M.class_gaussian(
             s, t, y, divergence="kl", diagonal=True
         ),
-        "class_gaussian_diag": lambda s, t, y: M.class_conditional_gaussian(s, t, y, diagonal=True),
+        "class_gaussian_diag": lambda s, t, y: M.class_gaussian(s, t, y, diagonal=True),
         "mmd_poly": lambda s, t, y: M.mmd(s, t, kernel="polynomial"),
         "joint_wasserstein_ce": lambda s, t, y: M.joint_wasserstein(
             s, t, y, label_cost="ce", ps=torch.softmax(s[:, :10], 1)

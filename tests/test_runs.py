@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kd2m.profiles import PROFILES, student_config, teacher_config
+from kd2m.profiles import student_config, teacher_config
 from kd2m.runs import RunConfig, list_runs, load_model, load_monitor, load_record, run, run_dir
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -37,10 +37,12 @@ def tiny(metric=None, lam=0.0, epochs=2, **kw):
                           **(small | kw))
 
 
-@pytest.fixture()
-def root(tmp_path, monkeypatch):
-    monkeypatch.setenv("KD2M_PROGRESS", "0")
-    return tmp_path
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """One run store for the module: a teacher trained by one test is loaded by the next."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KD2M_PROGRESS", "0")
+        yield tmp_path_factory.mktemp("store")
 
 
 def test_teacher_baseline_and_kd2m_records(root, folder):
@@ -80,7 +82,8 @@ def test_teacher_baseline_and_kd2m_records(root, folder):
 
 def test_resume_gives_the_same_numbers(root, folder, tmp_path_factory):
     cfg = tiny("gaussian_wasserstein", lam=0.1, epochs=3)
-    full = run(cfg, root=tmp_path_factory.mktemp("full"), folder=folder, device="cpu")
+    full_root = tmp_path_factory.mktemp("full")
+    full = run(cfg, root=full_root, folder=folder, device="cpu")
     part = run(cfg, root=root, folder=folder, device="cpu", stop_after=1)
     assert part["status"] == "running" and len(part["history"]) == 1
     assert (run_dir(cfg, root) / "checkpoint.pt").exists()
@@ -90,7 +93,7 @@ def test_resume_gives_the_same_numbers(root, folder, tmp_path_factory):
     for a, b in zip(full["history"], resumed["history"], strict=True):
         assert {k: v for k, v in a.items() if k not in drop} == \
                {k: v for k, v in b.items() if k not in drop}
-    m1, _ = load_model(cfg, tmp_path_factory.getbasetemp() / "full0")
+    m1, _ = load_model(cfg, full_root)
     m2, _ = load_model(cfg, root)
     for p1, p2 in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True):
         assert torch.equal(p1, p2)
@@ -113,10 +116,10 @@ def test_every_metric_trains_one_epoch(root, folder, metric):
     assert np.isfinite(rec["history"][0]["train_distill"])
 
 
-def test_missing_data_error_names_the_path(root, tmp_path):
+def test_missing_data_error_names_the_path(tmp_path):
     cfg = tiny(None)
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        run(cfg, root=root, folder=tmp_path / "nowhere", device="cpu")
+        run(cfg, root=tmp_path / "store", folder=tmp_path / "nowhere", device="cpu")
 
 
 def test_config_errors_name_the_value():
@@ -145,11 +148,26 @@ def test_config_hash_is_stable_and_sensitive():
     assert RunConfig.from_dict(json.loads(json.dumps(a.to_dict()))).hash == a.hash
     assert a.replace(lam=2e-4).hash != a.hash
     assert a.replace(teacher=a.teacher.replace(seed=1)).hash != a.hash
-    p = PROFILES["paper"]
-    assert (a.arch, a.teacher.arch, a.lr, a.lam, a.epochs, a.batch_size, a.lr_min) == \
-        ("resnet18", "resnet34", 1e-2, 1e-4, 15, 128, 1e-4) == \
-        (p["student"]["arch"], p["teacher"]["arch"], p["lr"], p["lam"], p["epochs"],
-         p["batch_size"], p["lr_min"])
+
+
+def test_load_model_leaves_the_global_rng_alone(root, folder):
+    cfg = tiny(None)
+    run(cfg, root=root, folder=folder, device="cpu")
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    load_model(cfg, root)
+    load_model(cfg.teacher, root)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_bad_metric_options_fail_before_anything_trains(root, folder):
+    with pytest.raises(ValueError, match="beta"):
+        tiny("joint_wasserstein", lam=0.1, metric_options={"beta": -1.0})
+    with pytest.raises(ValueError, match="unknown option"):
+        tiny("wasserstein", lam=0.1, metric_options={"temperature": 2.0})
+    with pytest.raises(ValueError, match="metric_options"):
+        tiny(None, metric_options={"beta": 1.0})
 
 
 def test_cli_train_and_list(root, folder, capsys, monkeypatch):

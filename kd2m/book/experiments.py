@@ -109,8 +109,8 @@ def results_records(folder: str | Path) -> dict[str, dict[str, list[dict]]]:
     """Committed records in ``folder`` grouped as :func:`table1_runs` returns them (rows
     ``teacher``, ``student``, ``E1``..``G3`` by each record's role and metric). Empty when the
     folder does not exist."""
-    from kd2m.metrics import TABLE1_METRICS
     from kd2m.book.plots import load_results
+    from kd2m.metrics import TABLE1_METRICS
 
     if not Path(folder).is_dir():
         return {}

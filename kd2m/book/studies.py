@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from kd2m import metrics as M
+from kd2m.train import resolve_device
 
 __all__ = [
     "Claim",
@@ -128,14 +129,9 @@ def table(rows: list[dict]):
 
 
 def _device(device) -> torch.device:
-    """``"auto"`` (CUDA if available, else the CPU) or any ``torch.device`` spelling.
-
-    Not :func:`kd2m.train.resolve_device`: "auto" must never pick Apple's MPS, which has no
-    float64, and importing the trainer (and its progress bars) is not needed here.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``"auto"`` (CUDA if available, else the CPU: never Apple's MPS, which has no float64)
+    or any ``torch.device`` spelling."""
+    return resolve_device(device, allow_mps=False)
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -452,7 +448,7 @@ def baseline_claims(
 ) -> list[Claim]:
     """MMD and Hinton's KD, the two baselines outside Table 1, against their definitions.
 
-    ``hinton_kd`` against ``T^2 * mean_i KL(softmax(t_i / T) || softmax(s_i / T))`` in NumPy
+    ``hinton`` against ``T^2 * mean_i KL(softmax(t_i / T) || softmax(s_i / T))`` in NumPy
     (teacher first); ``mmd`` is 0 on identical batches and positive on different ones.
     """
     from scipy.special import log_softmax
@@ -460,10 +456,10 @@ def baseline_claims(
     ls, lt = _np(zs @ head) / temperature, _np(zt @ head) / temperature
     log_ps, log_pt = log_softmax(ls, axis=1), log_softmax(lt, axis=1)
     ref = float(temperature**2 * np.mean(np.sum(np.exp(log_pt) * (log_pt - log_ps), axis=1)))
-    hinton = _value(M.hinton_kd(zs @ head, zt @ head, temperature=temperature))
+    value = _value(M.hinton(zs @ head, zt @ head, temperature=temperature))
     return [
         _claim_close(
-            "hinton_kd matches T^2 KL(teacher || student) on softened logits", hinton, ref, rtol
+            "hinton_kd matches T^2 KL(teacher || student) on softened logits", value, ref, rtol
         ),
         Claim(
             "mmd of a batch with itself is 0 and mmd(zs, zt) > 0",
@@ -477,14 +473,14 @@ def class_conditional_claims(
 ) -> list[Claim]:
     """The class-conditional metrics are the *average* over the classes present (eq. (4)).
 
-    Checks :func:`kd2m.metrics.class_conditional_wasserstein` against the mean of
-    :func:`ot.emd2` per class, and :func:`kd2m.metrics.class_conditional_gaussian` against the
+    Checks :func:`kd2m.metrics.class_wasserstein` against the mean of
+    :func:`ot.emd2` per class, and :func:`kd2m.metrics.class_gaussian` against the
     mean of the per-class references (eq. (6) by SciPy, eq. (7) by NumPy, on ML fits).
     """
     classes = torch.unique(y).tolist()
-    e2 = _value(M.class_conditional_wasserstein(zs, zt, y))
+    e2 = _value(M.class_wasserstein(zs, zt, y))
     e2_ref = float(np.mean([_emd2_reference(zs[y == c], zt[y == c]) for c in classes]))
-    g3 = _value(M.class_conditional_gaussian(zs, zt, y, divergence="wasserstein"))
+    g3 = _value(M.class_gaussian(zs, zt, y, divergence="wasserstein"))
     g3_ref = float(
         np.mean(
             [
@@ -732,7 +728,7 @@ def joint_beta_study(
     of :func:`kd2m.metrics.joint_wasserstein`.
     """
     w = _value(M.wasserstein(zs, zt))
-    e2 = _value(M.class_conditional_wasserstein(zs, zt, y))
+    e2 = _value(M.class_wasserstein(zs, zt, y))
     classes, counts = torch.unique(y, return_counts=True)
     per_class = np.array([_value(M.wasserstein(zs[y == c], zt[y == c])) for c in classes])
     weighted = float(np.sum(per_class * counts.cpu().numpy() / counts.sum().item()))

@@ -25,7 +25,7 @@ from ._checks import (
     public_metric,
 )
 
-__all__ = ["wasserstein", "class_conditional_wasserstein", "joint_wasserstein"]
+__all__ = ["wasserstein", "class_wasserstein", "joint_wasserstein"]
 
 _LOG_FLOOR = 1e-12  # probabilities are clamped to this before the log of the "ce" label cost
 
@@ -94,7 +94,7 @@ def wasserstein(zs, zt, *, a=None, b=None, validate: bool = True) -> torch.Tenso
 
 
 @public_metric
-def class_conditional_wasserstein(zs, zt, y, *, validate: bool = True) -> torch.Tensor:
+def class_wasserstein(zs, zt, y, *, validate: bool = True) -> torch.Tensor:
     r"""Class-conditional squared Wasserstein distance, eq. (4).
 
     .. math::

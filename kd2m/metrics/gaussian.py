@@ -36,7 +36,7 @@ from ._checks import (
     public_metric,
 )
 
-__all__ = ["gaussian_wasserstein", "gaussian_kl", "class_conditional_gaussian"]
+__all__ = ["gaussian_wasserstein", "gaussian_kl", "class_gaussian"]
 
 KL_OPTIONS = ("shrinkage", "eps")
 
@@ -376,7 +376,7 @@ def gaussian_kl(
 
 
 @public_metric
-def class_conditional_gaussian(
+def class_gaussian(
     zs,
     zt,
     y,
@@ -410,10 +410,10 @@ def class_conditional_gaussian(
     groups = _Groups(y, zs.device)
     (ms, As, cs), (mt, At, ct) = _fit(zs, groups), _fit(zt, groups)
     if divergence == "wasserstein":
-        check_options(options, (), "class_conditional_gaussian(divergence='wasserstein')")
+        check_options(options, (), "class_gaussian(divergence='wasserstein')")
         fn = _bures_diagonal if diagonal else _bures
         return fn(ms, As, mt, At).mean()
-    check_options(options, KL_OPTIONS, "class_conditional_gaussian(divergence='kl')")
+    check_options(options, KL_OPTIONS, "class_gaussian(divergence='kl')")
     shrinkage = _check_shrinkage(options.get("shrinkage", "ledoit-wolf"))
     eps = check_nonnegative(options.get("eps", 1e-6), "eps")
     d = zs.shape[1]
