@@ -33,7 +33,7 @@ import torch
 from kd2m.train import resolve_device
 
 __all__ = ["bench_metrics", "print_metrics_table", "resnet18_step_seconds", "bench_data",
-           "bench_steps", "bench_epoch", "print_rows", "frame", "hardware", "load_results",
+           "bench_steps", "bench_epoch", "print_rows", "frame", "hardware", "load_benchmarks",
            "main"]
 
 
@@ -441,7 +441,7 @@ def frame(rows: list[dict]):
     return df.set_index(df.columns[0])
 
 
-def load_results(folder) -> dict:
+def load_benchmarks(folder) -> dict:
     """Merge the benchmark JSON files of ``folder`` (``--json`` outputs: keys ``data``,
     ``steps``, ``epoch`` and ``hardware``) into one dict."""
     from pathlib import Path

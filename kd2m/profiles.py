@@ -33,13 +33,13 @@ PROFILES: dict[str, dict] = {
     },
 }
 
+# The profile's values shared by its teacher and its students.
 _SHARED = ("n_train", "n_test", "epochs", "batch_size", "lr", "momentum", "weight_decay",
            "lr_min", "pretrained")
 # Overrides of a student that its default teacher follows too (the data it sees and the
-# optimisation, e.g. {"epochs": 1} for a dry run); the architecture, metric, lambda and seed
-# stay the student's own.
-TEACHER_FOLLOWS = ("n_train", "n_test", "epochs", "batch_size", "lr", "momentum",
-                   "weight_decay", "lr_min", "pretrained", "hflip")
+# optimisation, e.g. {"epochs": 1} for a dry run): the shared values and the flip; the
+# architecture, metric, lambda and seed stay the student's own.
+TEACHER_FOLLOWS = (*_SHARED, "hflip")
 
 
 def teacher_overrides(overrides: dict | None) -> dict:

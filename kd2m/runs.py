@@ -35,7 +35,7 @@ from kd2m.metrics import METRICS, get_metric, wasserstein
 from kd2m.models import KD2MNet, build_model, make_projector
 from kd2m.train import Distiller, evaluate, fit, resolve_device
 
-__all__ = ["RunConfig", "run", "load_record", "list_runs", "run_dir", "data_root",
+__all__ = ["RunConfig", "run", "load_record", "load_records", "list_runs", "run_dir", "data_root",
            "load_model", "load_monitor", "RECORD_FORMAT"]
 
 RECORD_FORMAT = 1
@@ -186,6 +186,11 @@ def load_record(path: Path | str) -> dict:
     if rec.get("format") != RECORD_FORMAT:
         raise ValueError(f"{path}: record format {rec.get('format')!r}, expected {RECORD_FORMAT}")
     return rec
+
+
+def load_records(folder: Path | str) -> list[dict]:
+    """Every JSON record in ``folder`` (e.g. ``data/results/<column>/``), sorted by name."""
+    return sorted((load_record(p) for p in Path(folder).glob("*.json")), key=lambda r: r["name"])
 
 
 def list_runs(root: Path | str | None = None) -> list[dict]:

@@ -90,12 +90,16 @@ __all__ = [
     "check_bounds",
     "coupling_gap",
     "empirical_wasserstein",
+    "fit_rate",
     "gaussian_w2_closed_form",
+    "gaussian_w2_squared",
     "labelled_wasserstein1",
     "lipschitz_ce_linear",
     "max_gap",
+    "per_sample_ce",
     "risk",
     "sample_w2_convergence",
+    "to_float64",
 ]
 
 DEFAULT_RTOL = 1e-9
@@ -118,6 +122,12 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
         return np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic inputs
         raise ValueError(f"{name} could not be converted to an array: {exc}") from exc
+
+
+def to_float64(x: Any, name: str = "x") -> np.ndarray:
+    """``x`` (numpy array, torch tensor on any device and dtype, or sequence) as a float64
+    numpy array: the one conversion the numpy code of kd2m (and of the book) uses."""
+    return _to_numpy(x, name).astype(np.float64, copy=False)
 
 
 def _features(x: Any, name: str) -> np.ndarray:
@@ -325,6 +335,16 @@ def _ce_terms(z: np.ndarray, labels: np.ndarray, w: np.ndarray, b: np.ndarray) -
     return logsumexp(logits, axis=1) - logits[np.arange(z.shape[0]), labels]
 
 
+def per_sample_ce(z: Any, y: Any, weight: Any, bias: Any = None) -> np.ndarray:
+    """``CE(W z_i + b, y_i) = logsumexp(W z_i + b) - (W z_i + b)_{y_i}`` for each row
+    (float64, natural log, stable log-sum-exp); its mean is :func:`risk`. Shapes as in
+    :func:`risk`."""
+    z = _features(z, "z")
+    labels = _labels(y, z.shape[0])
+    w, b = _head(weight, bias, z.shape[1])
+    return _ce_terms(z, labels, w, b)
+
+
 def risk(z: Any, y: Any, weight: Any, bias: Any = None) -> float:
     """Empirical risk ``R(h) = (1/n) sum_i CE(W z_i + b, y_i)`` of a fixed linear head.
 
@@ -333,10 +353,7 @@ def risk(z: Any, y: Any, weight: Any, bias: Any = None) -> float:
     computed in float64 with a stable log-sum-exp.  ``weight`` is (K, d),
     ``bias`` (K,) or ``None`` (zero), labels in ``[0, K)``.
     """
-    z = _features(z, "z")
-    labels = _labels(y, z.shape[0])
-    w, b = _head(weight, bias, z.shape[1])
-    return float(np.mean(_ce_terms(z, labels, w, b)))
+    return float(np.mean(per_sample_ce(z, y, weight, bias)))
 
 
 def lipschitz_ce_linear(weight: Any) -> float:
@@ -731,14 +748,20 @@ def _psd_sqrtm(A: np.ndarray) -> np.ndarray:
     return np.real(np.asarray(R))
 
 
-def gaussian_w2_closed_form(m1: Any, S1: Any, m2: Any, S2: Any) -> float:
-    """``W_2(N(m1, S1), N(m2, S2))`` in closed form (Bures-Wasserstein, paper eq. 6).
+def _psd_sqrt_eigh(A: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((A + A.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
-    ``W_2^2 = ||m1 - m2||^2 + tr(S1 + S2 - 2 (S2^{1/2} S1 S2^{1/2})^{1/2})``,
-    matrix square roots by ``scipy.linalg.sqrtm`` (real part; the inner
-    matrix is symmetrised first).  Returns ``W_2``, **not squared** (a tiny
-    negative ``W_2^2`` from rounding is clipped to 0).  Covariances must be
-    symmetric positive semi-definite.
+
+def gaussian_w2_squared(m1: Any, S1: Any, m2: Any, S2: Any, *, method: str = "scipy") -> float:
+    """``W_2^2(N(m1, S1), N(m2, S2))`` in closed form (Bures-Wasserstein, paper eq. 6).
+
+    ``||m1 - m2||^2 + tr(S1 + S2 - 2 (S2^{1/2} S1 S2^{1/2})^{1/2})`` (the inner matrix is
+    symmetrised first), **squared**, with the matrix square roots of ``method``:
+    ``"scipy"`` (:func:`scipy.linalg.sqrtm`, Schur method, real part; for full-rank
+    covariances), ``"eigh"`` (symmetric eigendecomposition, eigenvalues clipped at 0; also
+    for rank-deficient ones) or ``"pot"`` (:func:`ot.gaussian.bures_wasserstein_distance`,
+    squared). Covariances must be symmetric positive semi-definite.
     """
     m1, S1 = _gaussian(m1, S1, "1")
     m2, S2 = _gaussian(m2, S2, "2")
@@ -746,12 +769,33 @@ def gaussian_w2_closed_form(m1: Any, S1: Any, m2: Any, S2: Any) -> float:
         raise ValueError(
             f"the two Gaussians must have the same dimension; got {m1.shape} and {m2.shape}"
         )
-    r2 = _psd_sqrtm(S2)
+    if method == "pot":
+        import ot
+
+        return float(ot.gaussian.bures_wasserstein_distance(m1, m2, S1, S2)) ** 2
+    roots = {"scipy": _psd_sqrtm, "eigh": _psd_sqrt_eigh}
+    if method not in roots:
+        raise ValueError(f"method={method!r}: expected 'scipy', 'eigh' or 'pot'")
+    sqrt = roots[method]
+    r2 = sqrt(S2)
     inner = r2 @ S1 @ r2
     inner = 0.5 * (inner + inner.T)
-    cross = _psd_sqrtm(inner)
-    w2sq = float(np.sum((m1 - m2) ** 2) + np.trace(S1) + np.trace(S2) - 2.0 * np.trace(cross))
-    return math.sqrt(max(w2sq, 0.0))
+    cross = sqrt(inner)
+    return float(np.sum((m1 - m2) ** 2) + np.trace(S1) + np.trace(S2) - 2.0 * np.trace(cross))
+
+
+def gaussian_w2_closed_form(m1: Any, S1: Any, m2: Any, S2: Any) -> float:
+    """``W_2(N(m1, S1), N(m2, S2))``: the square root of :func:`gaussian_w2_squared`
+    (``method="scipy"``), **not squared** (a tiny negative ``W_2^2`` from rounding is
+    clipped to 0)."""
+    return math.sqrt(max(gaussian_w2_squared(m1, S1, m2, S2), 0.0))
+
+
+def fit_rate(sizes: Any, errors: Any) -> tuple[float, float]:
+    """Least-squares ``(slope, intercept)`` of ``log(error) = intercept + slope * log(n)``
+    (the empirical convergence rate of an estimator over batch sizes ``n``)."""
+    slope, intercept = np.polyfit(np.log(np.asarray(sizes, float)), np.log(errors), 1)
+    return float(slope), float(intercept)
 
 
 @dataclass(frozen=True)
@@ -826,7 +870,7 @@ def sample_w2_convergence(
     e = np.asarray(errs)
     ok = e > 0
     if np.count_nonzero(ok) >= 2 and len(set(np.asarray(sizes)[ok].tolist())) >= 2:
-        slope, intercept = np.polyfit(np.log(np.asarray(sizes, float)[ok]), np.log(e[ok]), 1)
+        slope, intercept = fit_rate(np.asarray(sizes)[ok], e[ok])
     else:
         slope, intercept = float("nan"), float("nan")
     return W2Convergence(

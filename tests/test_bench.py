@@ -32,5 +32,5 @@ def test_bench_epoch_and_cli_json(tmp_path, capsys):
     assert "kd2m Loader" in capsys.readouterr().out
     blob = json.loads(out.read_text())
     assert {"hardware", "data"} <= set(blob)
-    assert bench.load_results(tmp_path)["data"] == blob["data"]
+    assert bench.load_benchmarks(tmp_path)["data"] == blob["data"]
     assert bench.frame(blob["data"]).index.name == "pipeline"

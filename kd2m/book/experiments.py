@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from kd2m.metrics import TABLE1_METRICS
 from kd2m.profiles import student_config, teacher_config, teacher_overrides
-from kd2m.runs import RunConfig, load_monitor, run
+from kd2m.runs import RunConfig, load_monitor, load_records, run
 
-__all__ = ["data_args", "table1_configs", "table1_runs", "sweep_configs", "sweep_runs",
-           "embedding_panels", "run_finished", "results_records", "results_table"]
+__all__ = ["data_args", "student_configs", "table1_configs", "table1_runs", "sweep_configs",
+           "sweep_runs", "embedding_panels", "run_finished", "results_records", "results_table"]
 
 
 def data_args(dataset: str, folders: dict | None, download: bool = False) -> dict:
@@ -26,23 +27,37 @@ def data_args(dataset: str, folders: dict | None, download: bool = False) -> dic
     return {"source": "torchvision", "folder": None, "download": download}
 
 
+def student_configs(profile: str, dataset: str, metrics: list[str], *, seed: int,
+                    source: str, overrides: dict | None = None, lam: float | None = None,
+                    teacher: RunConfig | None = None) -> dict[str, RunConfig]:
+    """``{"baseline": cfg, metric: cfg, ...}``: the student baseline (``lambda = 0``) and one
+    KD2M student per metric (``lam``: the profile's by default), as
+    :func:`kd2m.profiles.student_config` builds them, so every chapter asks the run store for
+    the same configs. The one place where the book builds students."""
+    ov = dict(overrides or {})
+    out = {"baseline": student_config(profile, dataset, None, seed=seed, source=source,
+                                      teacher=teacher, **ov)}
+    for m in metrics:
+        out[m] = student_config(profile, dataset, m, lam=lam, seed=seed, source=source,
+                                teacher=teacher, **ov)
+    return out
+
+
 def table1_configs(profile: str, dataset: str, rows: list[str], seeds: list[int], *,
                    source: str, overrides: dict | None = None) -> dict[str, list[RunConfig]]:
-    """``{"teacher": [...], "student": [...], "E1": [...], ...}``: one config per seed (the
+    """``{"teacher": [...], "baseline": [...], "E1": [...], ...}``: one config per seed (the
     teacher is trained once, with the profile's seed, and shared by every student)."""
-    from kd2m.metrics import TABLE1_METRICS
-
     unknown = [r for r in rows if r not in TABLE1_METRICS]
     if unknown:
         raise ValueError(f"rows={unknown}: expected Table 1 rows among {sorted(TABLE1_METRICS)}")
-    overrides = dict(overrides or {})
-    teacher = teacher_config(profile, dataset, source=source, **teacher_overrides(overrides))
-    out = {"teacher": [teacher],
-           "student": [student_config(profile, dataset, None, seed=s, source=source,
-                                      teacher=teacher, **overrides) for s in seeds]}
+    teacher = teacher_config(profile, dataset, source=source,
+                             **teacher_overrides(overrides or {}))
+    per_seed = [student_configs(profile, dataset, [TABLE1_METRICS[r] for r in rows], seed=s,
+                                source=source, overrides=overrides, teacher=teacher)
+                for s in seeds]
+    out = {"teacher": [teacher], "baseline": [c["baseline"] for c in per_seed]}
     for row in rows:
-        out[row] = [student_config(profile, dataset, TABLE1_METRICS[row], seed=s,
-                                   source=source, teacher=teacher, **overrides) for s in seeds]
+        out[row] = [c[TABLE1_METRICS[row]] for c in per_seed]
     return out
 
 
@@ -67,8 +82,8 @@ def sweep_configs(profile: str, dataset: str, metric: str, lambdas: list[float],
                   source: str, overrides: dict | None = None) -> dict[float, RunConfig]:
     """One student per lambda; lambda = 0 keeps the metric, so its distance is recorded
     (without gradient) for Fig. 2."""
-    return {float(lam): student_config(profile, dataset, metric, lam=float(lam), seed=seed,
-                                       source=source, **(overrides or {}))
+    return {float(lam): student_configs(profile, dataset, [metric], seed=seed, source=source,
+                                        overrides=overrides, lam=float(lam))[metric]
             for lam in lambdas}
 
 
@@ -107,26 +122,23 @@ def run_finished(rec: dict) -> bool:
 
 def results_records(folder: str | Path) -> dict[str, dict[str, list[dict]]]:
     """Committed records in ``folder`` grouped as :func:`table1_runs` returns them (rows
-    ``teacher``, ``student``, ``E1``..``G3`` by each record's role and metric). Empty when the
+    ``teacher``, ``baseline``, ``E1``..``G3`` by each record's role and metric). Empty when the
     folder does not exist."""
-    from kd2m.book.plots import load_results
-    from kd2m.metrics import TABLE1_METRICS
-
     if not Path(folder).is_dir():
         return {}
     row_of = {m: r for r, m in TABLE1_METRICS.items()}
     out: dict[str, dict[str, list[dict]]] = {}
-    for rec in load_results(folder):
+    for rec in load_records(folder):
         c = rec["config"]
         if c["role"] == "teacher":
             row = "teacher"
         elif c["metric"] is None:
-            row = "student"
+            row = "baseline"
         else:
             row = row_of.get(c["metric"])
         if row is not None:
             out.setdefault(row, {}).setdefault(c["dataset"], []).append(rec)
-    order = ["student", "teacher", *TABLE1_METRICS]
+    order = ["baseline", "teacher", *TABLE1_METRICS]
     return {r: out[r] for r in order if r in out}
 
 

@@ -10,19 +10,18 @@ import csv
 import math
 import statistics
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
 __all__ = ["paper_table1", "table1", "lambda_sweep_figure", "embedding_figure",
-           "load_results", "DATASET_COLUMNS"]
+           "DATASET_COLUMNS"]
 
 DATASET_COLUMNS = {"svhn": "SVHN", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 
 def paper_table1():
     """The paper's Table 1 (test accuracy %, 15 epochs), as a DataFrame indexed by row
-    (``student``, ``teacher``, ``E1``..``G3``) with columns SVHN, CIFAR-10, CIFAR-100, Avg."""
+    (``baseline``, ``teacher``, ``E1``..``G3``) with columns SVHN, CIFAR-10, CIFAR-100, Avg."""
     import pandas as pd
 
     text = resources.files("kd2m").joinpath("resources/paper_table1.csv").read_text()
@@ -46,7 +45,7 @@ def _fmt(m: float, s: float) -> str:
 def table1(records: dict[str, dict[str, list[dict]]], *, with_paper: bool = True):
     """Table 1 from records: ``records[row][dataset] = [record, ...]`` (one per seed).
 
-    ``row`` is ``teacher``, ``student`` (the baseline) or a Table 1 row id ``E1``..``G3``.
+    ``row`` is ``teacher``, ``baseline`` (the student alone) or a Table 1 row id ``E1``..``G3``.
     Returns a DataFrame with, per dataset, our ``mean ± std`` test accuracy in % over the
     records given (std over seeds; a single seed shows the mean alone) and, when
     ``with_paper``, the paper's number beside it, plus the metric of each row and the
@@ -59,7 +58,7 @@ def table1(records: dict[str, dict[str, list[dict]]], *, with_paper: bool = True
     paper = paper_table1()
     out = []
     for row, per_ds in records.items():
-        line = {"row": row, "metric": TABLE1_METRICS.get(row, "-" if row != "student"
+        line = {"row": row, "metric": TABLE1_METRICS.get(row, "-" if row != "baseline"
                                                        else "none (lambda = 0)")}
         for ds, recs in per_ds.items():
             col = DATASET_COLUMNS.get(ds, ds)
@@ -134,10 +133,3 @@ def embedding_figure(panels: dict[str, tuple[np.ndarray, np.ndarray]], *, seed: 
         ax.set(title=title, xticks=[], yticks=[])
         ax.legend(markerscale=4, loc="best", fontsize=8)
     return fig
-
-
-def load_results(folder: str | Path) -> list[dict]:
-    """Every JSON record in ``folder`` (e.g. ``data/results/<column>/``), sorted by name."""
-    from kd2m.runs import load_record
-
-    return sorted((load_record(p) for p in Path(folder).glob("*.json")), key=lambda r: r["name"])

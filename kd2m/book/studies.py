@@ -5,8 +5,10 @@ module; every number and figure it shows is computed here, on synthetic features
 distributions are known, so that each metric of :mod:`kd2m.metrics` can be checked against
 
 * an independent reference implementation (POT's :mod:`ot.gaussian` and :func:`ot.emd2`,
-  SciPy's :func:`scipy.linalg.sqrtm`, NumPy closed forms, written here from the formulas of
-  the repository's notes on the mathematics, ``EQUATIONS.md``);
+  SciPy's :func:`scipy.linalg.sqrtm`, NumPy closed forms, from the formulas of the
+  repository's notes on the mathematics, ``EQUATIONS.md``): the exact W_2^2 and the
+  Bures-Wasserstein closed form of :mod:`kd2m.theory` (float64 NumPy, no code shared with
+  :mod:`kd2m.metrics`), the Gaussian KL written here;
 * the population value, when the metric is computed on samples of two known Gaussians.
 
 Equation numbers (3)-(7) are those of the paper, restored in ``EQUATIONS.md``. All studies
@@ -35,12 +37,12 @@ import numpy as np
 import torch
 
 from kd2m import metrics as M
+from kd2m import theory
 from kd2m.train import resolve_device
 
 __all__ = [
     "Claim",
     "GaussianPair",
-    "bures_wasserstein_reference",
     "class_conditional_claims",
     "baseline_claims",
     "claims_table",
@@ -169,7 +171,7 @@ class GaussianPair:
 
     def wasserstein(self) -> float:
         """The population W_2^2 between the two Gaussians (eq. (6), reference implementation)."""
-        return bures_wasserstein_reference(self.m_s, self.C_s, self.m_t, self.C_t)
+        return theory.gaussian_w2_squared(self.m_s, self.C_s, self.m_t, self.C_t)
 
     def kl(self) -> float:
         """The population KL(N_s || N_t) (eq. (7), reference implementation)."""
@@ -232,11 +234,7 @@ def labelled_batch(
 
 
 def _np(x) -> np.ndarray:
-    return (
-        x.detach().cpu().numpy().astype(np.float64)
-        if isinstance(x, torch.Tensor)
-        else np.asarray(x, dtype=np.float64)
-    )
+    return theory.to_float64(x)
 
 
 def ml_gaussian(z) -> tuple[np.ndarray, np.ndarray]:
@@ -245,38 +243,6 @@ def ml_gaussian(z) -> tuple[np.ndarray, np.ndarray]:
     m = z.mean(axis=0)
     zc = z - m
     return m, zc.T @ zc / z.shape[0]
-
-
-def _psd_sqrt(c: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((c + c.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-
-
-def bures_wasserstein_reference(m_s, C_s, m_t, C_t, *, method: str = "scipy") -> float:
-    """Squared W_2 between N(m_s, C_s) and N(m_t, C_t), eq. (6), by a reference route.
-
-    ``||m_s - m_t||^2 + tr(C_s + C_t - 2 (C_t^{1/2} C_s C_t^{1/2})^{1/2})`` with the matrix
-    square roots of ``method``: ``"scipy"`` (:func:`scipy.linalg.sqrtm`, Schur method; for
-    full-rank covariances), ``"eigh"`` (symmetric eigendecomposition, clipped at 0; also for
-    rank-deficient ones) or ``"pot"`` (:func:`ot.gaussian.bures_wasserstein_distance`,
-    squared).
-    """
-    m_s, C_s, m_t, C_t = (_np(x) for x in (m_s, C_s, m_t, C_t))
-    if method == "pot":
-        import ot
-
-        return float(ot.gaussian.bures_wasserstein_distance(m_s, m_t, C_s, C_t)) ** 2
-    if method == "scipy":
-        from scipy.linalg import sqrtm
-
-        rt = np.real(sqrtm(C_t))
-        cross = np.real(sqrtm(rt @ C_s @ rt))
-    elif method == "eigh":
-        rt = _psd_sqrt(C_t)
-        cross = _psd_sqrt(rt @ C_s @ rt)
-    else:
-        raise ValueError(f"method={method!r}: expected 'scipy', 'eigh' or 'pot'")
-    return float(np.sum((m_s - m_t) ** 2) + np.trace(C_s + C_t - 2 * cross))
 
 
 def gaussian_kl_reference(m_s, C_s, m_t, C_t) -> float:
@@ -302,14 +268,9 @@ def gaussian_kl_reference(m_s, C_s, m_t, C_t) -> float:
 
 
 def _emd2_reference(zs, zt) -> float:
-    """Exact W_2^2 between uniform empirical measures, eq. (3), by :func:`ot.emd2`."""
-    import ot
-
-    a, b = _np(zs), _np(zt)
-    cost = ot.dist(a, b, metric="sqeuclidean")
-    return float(
-        ot.emd2(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), cost, numItermax=10**7)
-    )
+    """Exact W_2^2 between uniform empirical measures, eq. (3), by POT's ``ot.emd2``
+    (:func:`kd2m.theory.empirical_wasserstein`, squared)."""
+    return theory.empirical_wasserstein(zs, zt, p=2) ** 2
 
 
 def _value(t) -> float:
@@ -390,7 +351,7 @@ def closed_form_claims(d: int, seed: int, *, rtol: float = 1e-6, device="cpu") -
     )
     k = max(2, d // 2)
     g1_low = _value(M.gaussian_wasserstein(zs[:k], zt[:k]))
-    low_ref = bures_wasserstein_reference(*ml_gaussian(zs[:k]), *ml_gaussian(zt[:k]), method="eigh")
+    low_ref = theory.gaussian_w2_squared(*ml_gaussian(zs[:k]), *ml_gaussian(zt[:k]), method="eigh")
     kl = _value(M.gaussian_kl(zs, zt, shrinkage=None, eps=0.0))
     kl_diag = _value(M.gaussian_kl(zs, zt, diagonal=True, shrinkage=None, eps=0.0))
     kl_diag_ref = gaussian_kl_reference(m_s, np.diag(np.diag(C_s)), m_t, np.diag(np.diag(C_t)))
@@ -400,13 +361,13 @@ def closed_form_claims(d: int, seed: int, *, rtol: float = 1e-6, device="cpu") -
         _claim_close(
             "gaussian_wasserstein (eq. 6) matches POT ot.gaussian",
             g1,
-            bures_wasserstein_reference(m_s, C_s, m_t, C_t, method="pot"),
+            theory.gaussian_w2_squared(m_s, C_s, m_t, C_t, method="pot"),
             rtol,
         ),
         _claim_close(
             "gaussian_wasserstein (eq. 6) matches scipy sqrtm",
             g1,
-            bures_wasserstein_reference(m_s, C_s, m_t, C_t, method="scipy"),
+            theory.gaussian_w2_squared(m_s, C_s, m_t, C_t, method="scipy"),
             rtol,
         ),
         _claim_close(
@@ -484,7 +445,7 @@ def class_conditional_claims(
     g3_ref = float(
         np.mean(
             [
-                bures_wasserstein_reference(
+                theory.gaussian_w2_squared(
                     *ml_gaussian(zs[y == c]), *ml_gaussian(zt[y == c]), method="eigh"
                 )
                 for c in classes
@@ -502,12 +463,6 @@ def class_conditional_claims(
 # ----------------------------------------------------------------------------------------------
 # 3. Convergence of the empirical W_2^2 with the batch size
 # ----------------------------------------------------------------------------------------------
-
-
-def _fit_rate(sizes: np.ndarray, errors: np.ndarray) -> tuple[float, float]:
-    """Least-squares slope and intercept of log(error) against log(n)."""
-    slope, intercept = np.polyfit(np.log(sizes), np.log(errors), 1)
-    return float(slope), float(intercept)
 
 
 def convergence_study(d: int, n_max: int, repeats: int, seed: int, *, n_min: int = 16) -> dict:
@@ -555,7 +510,7 @@ def convergence_study(d: int, n_max: int, repeats: int, seed: int, *, n_min: int
     for name, v in values.items():
         err = np.abs(v - truth).mean(axis=0)
         result["mean_abs_error"][name] = err
-        result["rate"][name], result["intercept"][name] = _fit_rate(sizes, err)
+        result["rate"][name], result["intercept"][name] = theory.fit_rate(sizes, err)
     return result
 
 

@@ -28,9 +28,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.special import logsumexp
 
 from kd2m import theory
+from kd2m.data import stratified_counts
 
 __all__ = [
     "EPOCH_QUANTITIES",
@@ -50,7 +50,6 @@ __all__ = [
     "realised_lipschitz",
     "report_extras",
     "reports_over_epochs",
-    "student_configs",
     "summary_frame",
     "sweep_figure",
     "swapped_labels_example",
@@ -69,25 +68,8 @@ EPOCH_QUANTITIES = ("W1", "W1_labelled", "coupling_gap", "max_gap", "abs_risk_ga
 # --------------------------------------------------------------------------- #
 # Small helpers on a fixed linear head
 # --------------------------------------------------------------------------- #
-def _f64(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def per_sample_ce(z: Any, y: Any, weight: Any, bias: Any = None) -> np.ndarray:
-    """``CE(W z_i + b, y_i) = logsumexp(W z_i + b) - (W z_i + b)_{y_i}`` for each row (float64).
-
-    The mean is :func:`kd2m.theory.risk` (natural log).
-    """
-    z, w = _f64(z), _f64(weight)
-    y = np.asarray(_f64(y), dtype=np.int64)
-    b = np.zeros(w.shape[0]) if bias is None else _f64(bias)
-    if z.ndim != 2 or w.ndim != 2 or z.shape[1] != w.shape[1] or y.shape != (z.shape[0],):
-        raise ValueError(f"expected z (n, d), y (n,), weight (K, d); got z {z.shape}, "
-                         f"y {y.shape}, weight {w.shape}")
-    logits = z @ w.T + b
-    return logsumexp(logits, axis=1) - logits[np.arange(z.shape[0]), y]
+_f64 = theory.to_float64
+per_sample_ce = theory.per_sample_ce  # re-exported: the chapter's helpers read it here
 
 
 def head_accuracy(z: Any, y: Any, weight: Any, bias: Any = None) -> float:
@@ -325,20 +307,6 @@ def swapped_labels_example() -> theory.BoundReport:
 # --------------------------------------------------------------------------- #
 # Trained part
 # --------------------------------------------------------------------------- #
-def student_configs(profile: str, dataset: str, metrics: Sequence[str], *, seed: int,
-                    source: str, overrides: Mapping | None = None) -> dict[str, Any]:
-    """``{"baseline": cfg, metric: cfg, ...}``: the student baseline (``lambda = 0``) and one
-    KD2M student per metric, as :func:`kd2m.profiles.student_config` builds them (the same
-    configs, hence the same stored runs, as the earlier chapters)."""
-    from kd2m.profiles import student_config
-
-    ov = dict(overrides or {})
-    out = {"baseline": student_config(profile, dataset, None, seed=seed, source=source, **ov)}
-    for m in metrics:
-        out[m] = student_config(profile, dataset, m, seed=seed, source=source, **ov)
-    return out
-
-
 def teacher_head(cfg, root=None) -> tuple[np.ndarray, np.ndarray]:
     """``(W, b)`` of the trained teacher's linear head (float64 numpy); ``cfg`` is the
     teacher's :class:`~kd2m.runs.RunConfig` (``student_cfg.teacher``)."""
@@ -349,13 +317,10 @@ def teacher_head(cfg, root=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _stratified(y: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """``n`` indices of ``y``, each class getting a share proportional to its count (largest
-    remainder), drawn with a seeded generator; returned sorted."""
+    """``n`` indices of ``y``, each class getting a share proportional to its count
+    (:func:`kd2m.data.stratified_counts`), drawn with a seeded generator; returned sorted."""
     classes, counts = np.unique(y, return_counts=True)
-    quota = counts * n / y.shape[0]
-    take = np.floor(quota).astype(int)
-    rest = n - int(take.sum())
-    take[np.argsort(-(quota - take), kind="stable")[:rest]] += 1
+    take = stratified_counts(counts, n).numpy()
     rng = np.random.default_rng(seed)
     idx = [rng.choice(np.flatnonzero(y == c), size=k, replace=False)
            for c, k in zip(classes, take, strict=True)]
