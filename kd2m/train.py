@@ -85,6 +85,12 @@ class Distiller:
     lam: float = 0.0
     projector: nn.Module | None = None
 
+    def __post_init__(self) -> None:
+        # frozen: eval mode (BatchNorm uses and keeps its running statistics), no gradient
+        self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
     def terms(self, logits_s, feats_s, x, y) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(D, lambda * D)``: the distance (0-dim, float32+, recorded) and the weighted term
         added to the cross-entropy (None when ``lam == 0``); ``(None, None)`` without a

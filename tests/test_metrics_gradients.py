@@ -138,7 +138,8 @@ TRAINING.update(
 )
 
 
-def training_batch(case, n=128, d=512, seed=0):
+def training_batch(case, n=128, d=192, seed=0):
+    """A batch like the trainer's (n < d, the regime of the paper's n = 128, d = 512)."""
     g = torch.Generator().manual_seed(seed)
     zs = torch.randn(n, d, generator=g).relu()  # pooled post-ReLU features
     zt = 1.3 * torch.randn(n, d, generator=g).relu()
@@ -158,7 +159,8 @@ def training_batch(case, n=128, d=512, seed=0):
     return zs, zt, y
 
 
-CASES = ["generic", "dead_student", "dead_both", "duplicates", "single_sample_class"]
+# "dead_both" zeroes the student's dead columns of "dead_student" and teacher columns too
+CASES = ["generic", "dead_both", "duplicates", "single_sample_class"]
 
 
 @pytest.mark.parametrize("case", CASES + ["all_zero_student"])

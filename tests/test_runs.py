@@ -183,3 +183,20 @@ def test_cli_train_and_list(root, folder, capsys, monkeypatch):
     assert "cifar10-resnet20-teacher" in capsys.readouterr().out
     assert main(["train", "student", "--metric", "nope", "--folder", str(folder)]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_cli_option_parsing_and_early_errors(root, capsys):
+    from kd2m.__main__ import _overrides, main
+
+    assert _overrides(["beta=2", "label_cost=ce", "diagonal=true", "bandwidth=null"]) == {
+        "beta": 2, "label_cost": "ce", "diagonal": True, "bandwidth": None}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        _overrides(["beta"])
+    # a bad option is refused by the config, before any data is read or anything trains
+    args = ["train", "student", "--metric", "joint_wasserstein", "--option", "beta=-1",
+            "--folder", str(root / "no-such-folder"), "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "metric_options" in err and "beta" in err
+    assert main(args[:4] + ["--option", "temperature=2"] + args[6:]) == 2
+    assert "temperature" in capsys.readouterr().err
