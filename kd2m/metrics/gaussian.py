@@ -6,9 +6,10 @@ Every formula below is written in terms of the small factor ``A``, never of
 a d x d matrix, when ``n < d`` (the training regime: n = 128, d = 512):
 
 * Bures-Wasserstein (6): ``tr (Sigma_T^1/2 Sigma_S Sigma_T^1/2)^1/2`` is the
-  nuclear norm of ``A_S A_T^T`` (n x n). When n > d the factors are first
-  compressed to d x d by a thin QR (``||A B^T||_* = ||R_A R_B^T||_*``; the
-  ``A_S^T A_T`` of EQUATIONS.md has other singular values in general). The
+  nuclear norm of ``A_S A_T^T`` (n x n), as EQUATIONS.md states. When n > d
+  the factors are first compressed to d x d by a thin QR
+  (``||A B^T||_* = ||R_A R_B^T||_*``; ``A_S^T A_T`` would not do: its
+  singular values differ in general). The
   nuclear norm has its own backward (``U V^T``), free of the
   ``1 / (s_i^2 - s_j^2)`` terms of the SVD's backward.
 * Kullback-Leibler (7) on shrunk covariances ``c A^T A + s I``: Woodbury's
