@@ -455,7 +455,7 @@ def _load_torchvision(info: DatasetInfo, root: Path, download: bool) -> ImageDat
     files = _torchvision_files(info)
     key = _short_key({"format": CACHE_FORMAT, "cls": info.torchvision_class, "files": files})
     cache = root / "cache" / f"{info.name}-torchvision-{key}.pt"
-    prov = {"dataset": info.name, "source": "torchvision", "path": str(where.resolve())}
+    prov: dict = {"dataset": info.name, "source": "torchvision", "path": str(where.resolve())}
     if cache.exists():
         return _from_cache(info, cache, prov)
 

@@ -363,7 +363,7 @@ def _prepare(cfg: RunConfig, root: Path, *, folder, download: bool, device: str,
                           device=device, progress=progress)
     data = _load_data(cfg, root, folder, download)
     hflip = data.info.hflip if cfg.hflip is None else cfg.hflip
-    loader_kw = {"device": dev, "channels_last": dev.type == "cuda"}
+    loader_kw: dict = {"device": dev, "channels_last": dev.type == "cuda"}
     train_loader = Loader.from_data(data, "train", batch_size=cfg.batch_size, train=True,
                                     hflip=hflip, seed=cfg.seed, **loader_kw)
     test_loader = Loader.from_data(data, "test", batch_size=max(cfg.batch_size, 256),
@@ -390,6 +390,7 @@ def _attach_teacher(job: _Job, root: Path) -> None:
     """The frozen teacher, the projector (when the feature sizes differ), the metric and
     the teacher's features of the monitored images."""
     cfg, dev, model = job.cfg, job.dev, job.model
+    assert cfg.teacher is not None
     teacher, _ = load_model(cfg.teacher, root, device=dev)
     if dev.type == "cuda":
         teacher = teacher.to(memory_format=torch.channels_last)
@@ -451,9 +452,10 @@ def _monitor_epoch(job: _Job, row: dict) -> None:
     test = evaluate(job.model, job.monitor_loader, device=job.dev,
                     keep_features=len(teacher_feats))
     zs = test["features"]
-    if job.projector_dims is not None:
+    projector = job.distiller.projector if job.distiller is not None else None
+    if projector is not None:
         with torch.no_grad():
-            zs = job.distiller.projector(zs.to(job.dev)).float().cpu()
+            zs = projector(zs.to(job.dev)).float().cpu()
     row["test_feature_w2"] = float(wasserstein(zs.double(), teacher_feats.double()))
     row["test_feature_gap"] = float((zs - teacher_feats).norm(dim=1).mean())
     job.monitor["epochs"].append(zs.half())

@@ -193,7 +193,7 @@ def evaluate(model, loader, *, device: torch.device, keep_features: int = 0) -> 
             take = min(keep_features - kept, y.shape[0])
             feats.append(z[:take].float().cpu())
             kept += take
-    out = {"test_ce": (sum_ce / seen).item(), "test_acc": correct.item() / seen}
+    out: dict = {"test_ce": (sum_ce / seen).item(), "test_acc": correct.item() / seen}
     if keep_features:
         out["features"] = torch.cat(feats)
     return out

@@ -419,5 +419,5 @@ def class_gaussian(
     eps = check_nonnegative(options.get("eps", 1e-6), "eps")
     d = zs.shape[1]
     fallback = tuple(z.var(dim=0, unbiased=False).sum() / d for z in (zs, zt))
-    fn = _kl_diagonal if diagonal else _kl_full
-    return fn(ms, As, cs, mt, At, ct, shrinkage, eps, fallback).mean().to(zs.dtype)
+    kl = _kl_diagonal if diagonal else _kl_full
+    return kl(ms, As, cs, mt, At, ct, shrinkage, eps, fallback).mean().to(zs.dtype)
