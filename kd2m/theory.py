@@ -71,7 +71,7 @@ return ``W_2``, not ``W_2^2``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -90,6 +90,7 @@ __all__ = [
     "check_bounds",
     "coupling_gap",
     "empirical_wasserstein",
+    "estimates_over_sizes",
     "fit_rate",
     "gaussian_w2_closed_form",
     "gaussian_w2_squared",
@@ -791,6 +792,24 @@ def gaussian_w2_closed_form(m1: Any, S1: Any, m2: Any, S2: Any) -> float:
     return math.sqrt(max(gaussian_w2_squared(m1, S1, m2, S2), 0.0))
 
 
+def estimates_over_sizes(
+    sizes: Sequence[int],
+    repeats: int,
+    sample: Callable[[int], tuple[Any, Any]],
+    estimators: Mapping[str, Callable[[Any, Any], float]],
+) -> dict[str, np.ndarray]:
+    """The loop of a convergence study: ``values[name][r, j]`` is estimator ``name`` on the
+    ``r``-th draw ``sample(sizes[j])`` (two samples of ``sizes[j]`` points), for each size in
+    order and each of ``repeats`` draws; every estimator sees the same draws."""
+    values = {name: np.zeros((int(repeats), len(sizes))) for name in estimators}
+    for j, n in enumerate(sizes):
+        for r in range(int(repeats)):
+            a, b = sample(int(n))
+            for name, estimate in estimators.items():
+                values[name][r, j] = float(estimate(a, b))
+    return values
+
+
 def fit_rate(sizes: Any, errors: Any) -> tuple[float, float]:
     """Least-squares ``(slope, intercept)`` of ``log(error) = intercept + slope * log(n)``
     (the empirical convergence rate of an estimator over batch sizes ``n``)."""
@@ -857,16 +876,19 @@ def sample_w2_convergence(
         raise ValueError(f"repeats must be >= 1; got {repeats}")
     exact = gaussian_w2_closed_form(m1, S1, m2, S2)
     rng = np.random.default_rng(seed)
-    means, stds, errs = [], [], []
-    for n in sizes:
-        vals = np.empty(int(repeats))
-        for r in range(int(repeats)):
-            x = rng.multivariate_normal(m1, S1, size=n, method="eigh")
-            z = rng.multivariate_normal(m2, S2, size=n, method="eigh")
-            vals[r] = empirical_wasserstein(x, z, p=2)
-        means.append(float(vals.mean()))
-        stds.append(float(vals.std()))
-        errs.append(float(np.mean(np.abs(vals - exact))))
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        x = rng.multivariate_normal(m1, S1, size=n, method="eigh")
+        return x, rng.multivariate_normal(m2, S2, size=n, method="eigh")
+
+    def w2(x: np.ndarray, z: np.ndarray) -> float:
+        return empirical_wasserstein(x, z, p=2)
+
+    values = estimates_over_sizes(sizes, repeats, sample, {"W2": w2})["W2"]  # (repeats, sizes)
+    columns = [np.ascontiguousarray(values[:, j]) for j in range(len(sizes))]
+    means = [float(v.mean()) for v in columns]
+    stds = [float(v.std()) for v in columns]
+    errs = [float(np.mean(np.abs(v - exact))) for v in columns]
     e = np.asarray(errs)
     ok = e > 0
     if np.count_nonzero(ok) >= 2 and len(set(np.asarray(sizes)[ok].tolist())) >= 2:

@@ -491,12 +491,12 @@ def convergence_study(d: int, n_max: int, repeats: int, seed: int, *, n_min: int
         "empirical W2^2 (eq. 3)": M.wasserstein,
         "Gaussian plug-in W2^2 (eq. 6)": M.gaussian_wasserstein,
     }
-    values = {name: np.zeros((repeats, len(sizes))) for name in estimators}
-    for j, n in enumerate(sizes):
-        for r in range(repeats):
-            zs, zt = pair.sample(int(n), gen)
-            for name, fn in estimators.items():
-                values[name][r, j] = _value(fn(zs, zt))
+    values = theory.estimates_over_sizes(
+        [int(n) for n in sizes],
+        repeats,
+        lambda n: pair.sample(n, gen),
+        {name: (lambda zs, zt, fn=fn: _value(fn(zs, zt))) for name, fn in estimators.items()},
+    )
     result = {
         "d": d,
         "sizes": sizes,
