@@ -200,3 +200,43 @@ def test_cli_option_parsing_and_early_errors(root, capsys):
     assert "metric_options" in err and "beta" in err
     assert main(args[:4] + ["--option", "temperature=2"] + args[6:]) == 2
     assert "temperature" in capsys.readouterr().err
+
+
+def test_cli_column_trains_the_teacher_then_launches_every_student(
+    root, folder, capsys, monkeypatch
+):
+    import subprocess
+
+    from kd2m.__main__ import main
+    from kd2m.metrics import TABLE1_METRICS
+
+    launched = []
+    real_popen = subprocess.Popen
+
+    class FakeProcess:
+        def __init__(self, args, env):
+            launched.append((args, env))
+            self.returncode = 1 if "gaussian_kl" in args else 0
+
+        def wait(self):
+            return self.returncode
+
+    def popen(args, *rest, **kw):  # only the students' `python -m kd2m train` are faked
+        if list(args[1:3]) == ["-m", "kd2m"]:
+            return FakeProcess(args, kw["env"])
+        return real_popen(args, *rest, **kw)
+
+    monkeypatch.setenv("KD2M_DATA", str(root))
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    sets = ["epochs=1", "width=4", "n_train=null", "n_test=null", "batch_size=32"]
+    args = ["column", "--folder", str(folder), "--device", "cpu", "--no-progress"]
+    args += ["--parallel", "2"] + [a for s in sets for a in ("--set", s)]
+    assert main(args) == 1  # one student failed: the command says so
+    assert "cifar10-resnet20-teacher" in capsys.readouterr().out  # trained (or loaded) first
+    roles = [a[a.index("train") + 1] for a, _ in launched]
+    metrics = [a[a.index("--metric") + 1] if "--metric" in a else None for a, _ in launched]
+    assert roles == ["baseline"] + ["student"] * len(TABLE1_METRICS)
+    assert metrics == [None, *TABLE1_METRICS.values()]
+    for a, env in launched:
+        assert a[a.index("--folder") + 1] == str(folder) and a.count("--set") == len(sets)
+        assert int(env["OMP_NUM_THREADS"]) >= 1
