@@ -32,9 +32,19 @@ import torch
 
 from kd2m.train import resolve_device
 
-__all__ = ["bench_metrics", "print_metrics_table", "resnet18_step_seconds", "bench_data",
-           "bench_steps", "bench_epoch", "print_rows", "frame", "hardware", "load_benchmarks",
-           "main"]
+__all__ = [
+    "bench_metrics",
+    "print_metrics_table",
+    "resnet18_step_seconds",
+    "bench_data",
+    "bench_steps",
+    "bench_epoch",
+    "print_rows",
+    "frame",
+    "hardware",
+    "load_benchmarks",
+    "main",
+]
 
 
 def _sync(device: torch.device) -> None:
@@ -237,8 +247,9 @@ class _PILDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.x[i])), int(self.y[i])
 
 
-def bench_data(n: int = 10000, batch_size: int = 128, workers: int = 2,
-               device: str = "cpu") -> list[dict]:
+def bench_data(
+    n: int = 10000, batch_size: int = 128, workers: int = 2, device: str = "cpu"
+) -> list[dict]:
     """Images per second of kd2m's batch pipeline against a torchvision DataLoader with
     the same augmentation (random crop with padding 4, horizontal flip, normalisation) on
     PIL images, ``workers`` worker processes. Each pipeline delivers ``n`` images to
@@ -250,11 +261,23 @@ def bench_data(n: int = 10000, batch_size: int = 128, workers: int = 2,
     dev = resolve_device(device)
     x, y, what = _bench_images(n)
     info = DATASETS["cifar10"]
-    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize(info.mean, info.std)])
-    dl = torch.utils.data.DataLoader(_PILDataset(x, y, tf), batch_size=batch_size,
-                                     shuffle=True, num_workers=workers, drop_last=True,
-                                     persistent_workers=False, pin_memory=dev.type == "cuda")
+    tf = T.Compose(
+        [
+            T.RandomCrop(32, padding=4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(info.mean, info.std),
+        ]
+    )
+    dl = torch.utils.data.DataLoader(
+        _PILDataset(x, y, tf),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=False,
+        pin_memory=dev.type == "cuda",
+    )
     t0 = time.perf_counter()
     count = 0
     for xb, _yb in dl:
@@ -262,8 +285,18 @@ def bench_data(n: int = 10000, batch_size: int = 128, workers: int = 2,
         count += xb.shape[0]
     _sync(dev)
     tv = count / (time.perf_counter() - t0)
-    loader = Loader(x, y, mean=info.mean, std=info.std, batch_size=batch_size, train=True,
-                    device=dev, hflip=True, seed=0, channels_last=dev.type == "cuda")
+    loader = Loader(
+        x,
+        y,
+        mean=info.mean,
+        std=info.std,
+        batch_size=batch_size,
+        train=True,
+        device=dev,
+        hflip=True,
+        seed=0,
+        channels_last=dev.type == "cuda",
+    )
     for _ in loader.epoch(0):  # warm-up (first CUDA kernels)
         break
     t0 = time.perf_counter()
@@ -272,10 +305,20 @@ def bench_data(n: int = 10000, batch_size: int = 128, workers: int = 2,
         count += xb.shape[0]
     _sync(dev)
     ours = count / (time.perf_counter() - t0)
-    return [{"pipeline": f"torchvision DataLoader, PIL, {workers} workers", "images/s": tv,
-             "ratio": 1.0, "data": what},
-            {"pipeline": "kd2m Loader (batched tensor ops)", "images/s": ours,
-             "ratio": ours / tv, "data": what}]
+    return [
+        {
+            "pipeline": f"torchvision DataLoader, PIL, {workers} workers",
+            "images/s": tv,
+            "ratio": 1.0,
+            "data": what,
+        },
+        {
+            "pipeline": "kd2m Loader (batched tensor ops)",
+            "images/s": ours,
+            "ratio": ours / tv,
+            "data": what,
+        },
+    ]
 
 
 @dataclass(frozen=True)
@@ -311,9 +354,16 @@ def _student_teacher(dev: torch.device, student: dict, teacher: dict):
     return nets
 
 
-def bench_steps(n: int = 128, repeats: int = 10, warmup: int = 3, device: str = "cpu",
-                student: str = "resnet18", teacher: str = "resnet34",
-                metrics: list[str] | None = None, lam: float = 1e-4) -> list[dict]:
+def bench_steps(
+    n: int = 128,
+    repeats: int = 10,
+    warmup: int = 3,
+    device: str = "cpu",
+    student: str = "resnet18",
+    teacher: str = "resnet34",
+    metrics: list[str] | None = None,
+    lam: float = 1e-4,
+) -> list[dict]:
     """Seconds per KD2M training step for each metric against the distance-free step (the
     same student step and teacher forward, no distance), at batch ``n`` with the paper's
     networks (512-d features), through :func:`kd2m.train.train_step` itself."""
@@ -322,8 +372,9 @@ def bench_steps(n: int = 128, repeats: int = 10, warmup: int = 3, device: str = 
 
     dev = resolve_device(device)
     s, t = _student_teacher(dev, {"arch": student}, {"arch": teacher})
-    opt, _ = make_optimizer(s.parameters(), lr=1e-3, momentum=0.9, weight_decay=0.0,
-                            epochs=1, lr_min=0.0)
+    opt, _ = make_optimizer(
+        s.parameters(), lr=1e-3, momentum=0.9, weight_decay=0.0, epochs=1, lr_min=0.0
+    )
     x = torch.randn(n, 3, 32, 32, device=dev)
     if dev.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -344,16 +395,24 @@ def bench_steps(n: int = 128, repeats: int = 10, warmup: int = 3, device: str = 
     timed = {name: statistics.median(_time(fn, repeats, 0, dev)) for name, fn in steps.items()}
     after = _time(null, repeats, 0, dev)
     base = statistics.median(before + after)
-    rows = [{"step": "distance-free (student step + teacher forward)", "seconds": base,
-             "ratio": 1.0, "before/after": statistics.median(before) / statistics.median(after)}]
+    rows = [
+        {
+            "step": "distance-free (student step + teacher forward)",
+            "seconds": base,
+            "ratio": 1.0,
+            "before/after": statistics.median(before) / statistics.median(after),
+        }
+    ]
     for name, sec in timed.items():
-        rows.append({"step": f"KD2M {name}", "seconds": sec, "ratio": sec / base,
-                     "before/after": None})
+        rows.append(
+            {"step": f"KD2M {name}", "seconds": sec, "ratio": sec / base, "before/after": None}
+        )
     return rows
 
 
-def bench_epoch(images: int = 50000, device: str = "cpu", metric: str = "wasserstein",
-                profile: str = "paper") -> list[dict]:
+def bench_epoch(
+    images: int = 50000, device: str = "cpu", metric: str = "wasserstein", profile: str = "paper"
+) -> list[dict]:
     """Images per second of one KD2M training epoch of ``profile`` (its networks, batch and
     lambda) on ``images`` training images, against the baseline epoch (no teacher, no
     distance), through :func:`kd2m.train.train_epoch`."""
@@ -366,25 +425,52 @@ def bench_epoch(images: int = 50000, device: str = "cpu", metric: str = "wassers
     dev = resolve_device(device)
     x, y, what = _bench_images(images)
     info = DATASETS["cifar10"]
-    loader = Loader(x, y, mean=info.mean, std=info.std, batch_size=p["batch_size"],
-                    train=True, device=dev, hflip=True, seed=0,
-                    channels_last=dev.type == "cuda")
+    loader = Loader(
+        x,
+        y,
+        mean=info.mean,
+        std=info.std,
+        batch_size=p["batch_size"],
+        train=True,
+        device=dev,
+        hflip=True,
+        seed=0,
+        channels_last=dev.type == "cuda",
+    )
     s, t = _student_teacher(dev, p["student"], p["teacher"])
     rows = []
-    for label, distiller in (("baseline epoch (student alone)", None),
-                             (f"KD2M epoch ({metric}, lambda {p['lam']:g})",
-                              Distiller(teacher=t, metric=get_metric(metric), lam=p["lam"]))):
-        opt, _ = make_optimizer(s.parameters(), lr=p["lr"], momentum=p["momentum"],
-                                weight_decay=p["weight_decay"], epochs=1, lr_min=p["lr_min"])
-        train_epoch(s, _Take(loader, 3), 0, opt, device=dev, distiller=distiller,
-                    progress=False)  # warm-up
+    for label, distiller in (
+        ("baseline epoch (student alone)", None),
+        (
+            f"KD2M epoch ({metric}, lambda {p['lam']:g})",
+            Distiller(teacher=t, metric=get_metric(metric), lam=p["lam"]),
+        ),
+    ):
+        opt, _ = make_optimizer(
+            s.parameters(),
+            lr=p["lr"],
+            momentum=p["momentum"],
+            weight_decay=p["weight_decay"],
+            epochs=1,
+            lr_min=p["lr_min"],
+        )
+        train_epoch(
+            s, _Take(loader, 3), 0, opt, device=dev, distiller=distiller, progress=False
+        )  # warm-up
         _sync(dev)
         t0 = time.perf_counter()
         train_epoch(s, loader, 1, opt, device=dev, distiller=distiller, progress=False)
         _sync(dev)
         sec = time.perf_counter() - t0
-        rows.append({"epoch": label, "images": loader.num_samples, "seconds": sec,
-                     "images/s": loader.num_samples / sec, "data": what})
+        rows.append(
+            {
+                "epoch": label,
+                "images": loader.num_samples,
+                "seconds": sec,
+                "images/s": loader.num_samples / sec,
+                "data": what,
+            }
+        )
     for r in rows:
         r["ratio"] = rows[0]["seconds"] / r["seconds"]
     return rows
@@ -429,8 +515,10 @@ def hardware(device: str) -> str:
     dev = resolve_device(device)
     if dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}"
-    return (f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-            f"threads, torch {torch.__version__}")
+    return (
+        f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"threads, torch {torch.__version__}"
+    )
 
 
 def frame(rows: list[dict]):
@@ -463,16 +551,26 @@ def _run_training(args) -> int:
         out["data"] = bench_data(n=args.images, device=args.device, workers=args.workers)
         print_rows(out["data"], "data pipeline (images/s; ratio to the torchvision DataLoader)")
     if args.command in ("steps", "all"):
-        out["steps"] = bench_steps(n=args.n, repeats=args.repeats, device=args.device,
-                                   student=args.student, teacher=args.teacher,
-                                   metrics=args.metric)
-        print_rows(out["steps"], f"training steps, batch {args.n}, {args.student} student, "
-                   f"{args.teacher} teacher (ratio to the distance-free step)")
+        out["steps"] = bench_steps(
+            n=args.n,
+            repeats=args.repeats,
+            device=args.device,
+            student=args.student,
+            teacher=args.teacher,
+            metrics=args.metric,
+        )
+        print_rows(
+            out["steps"],
+            f"training steps, batch {args.n}, {args.student} student, "
+            f"{args.teacher} teacher (ratio to the distance-free step)",
+        )
     if args.command in ("epoch", "all"):
-        out["epoch"] = bench_epoch(images=args.images, device=args.device,
-                                   profile=args.profile)
-        print_rows(out["epoch"], f"one training epoch at the {args.profile} profile "
-                   "(ratio: baseline seconds / these seconds)")
+        out["epoch"] = bench_epoch(images=args.images, device=args.device, profile=args.profile)
+        print_rows(
+            out["epoch"],
+            f"one training epoch at the {args.profile} profile "
+            "(ratio: baseline seconds / these seconds)",
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
@@ -480,10 +578,12 @@ def _run_training(args) -> int:
 
 
 def _add_training_parsers(sub) -> None:
-    helps = {"data": "kd2m's batch pipeline vs a torchvision DataLoader on PIL images",
-             "steps": "each metric's KD2M step vs the distance-free step",
-             "epoch": "images/s of a KD2M epoch at a profile vs a baseline epoch",
-             "all": "data, steps and epoch in one run"}
+    helps = {
+        "data": "kd2m's batch pipeline vs a torchvision DataLoader on PIL images",
+        "steps": "each metric's KD2M step vs the distance-free step",
+        "epoch": "images/s of a KD2M epoch at a profile vs a baseline epoch",
+        "all": "data, steps and epoch in one run",
+    }
     for name, text in helps.items():
         p = sub.add_parser(name, help=text)
         p.add_argument("--device", default="cpu", help="cpu, cuda, ...")

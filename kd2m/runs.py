@@ -35,8 +35,18 @@ from kd2m.metrics import METRICS, get_metric, wasserstein
 from kd2m.models import KD2MNet, build_model, make_projector
 from kd2m.train import Distiller, evaluate, fit, resolve_device
 
-__all__ = ["RunConfig", "run", "load_record", "load_records", "list_runs", "run_dir", "data_root",
-           "load_model", "load_monitor", "RECORD_FORMAT"]
+__all__ = [
+    "RunConfig",
+    "run",
+    "load_record",
+    "load_records",
+    "list_runs",
+    "run_dir",
+    "data_root",
+    "load_model",
+    "load_monitor",
+    "RECORD_FORMAT",
+]
 
 RECORD_FORMAT = 1
 ROLES = ("teacher", "student")
@@ -113,9 +123,11 @@ class RunConfig:
             bad("metric_options", "{} when metric is None")
         if self.role == "teacher":
             if self.teacher is not None or self.metric is not None or self.lam != 0:
-                raise ValueError("a teacher run takes no teacher, metric or lam "
-                                 f"(got teacher={self.teacher is not None}, "
-                                 f"metric={self.metric!r}, lam={self.lam!r})")
+                raise ValueError(
+                    "a teacher run takes no teacher, metric or lam "
+                    f"(got teacher={self.teacher is not None}, "
+                    f"metric={self.metric!r}, lam={self.lam!r})"
+                )
         else:
             if self.metric is not None:
                 if self.metric not in METRICS:
@@ -136,7 +148,8 @@ class RunConfig:
                         raise ValueError(
                             f"teacher.{name}={getattr(self.teacher, name)!r} differs from the "
                             f"student's {name}={getattr(self, name)!r}: both must see the same "
-                            "data")
+                            "data"
+                        )
 
     # -- identity ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -217,15 +230,24 @@ def _environment(device: torch.device) -> dict:
         pot = ot.__version__
     except ImportError:  # pragma: no cover
         pot = None
-    hw = {"host": socket.gethostname(), "platform": platform.platform(),
-          "processor": platform.processor() or platform.machine(),
-          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-          "device": str(device)}
+    hw = {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-                "scipy": scipy.__version__, "pot": pot}
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "pot": pot,
+    }
     from kd2m import __version__
 
     versions["kd2m"] = __version__
@@ -241,8 +263,9 @@ def _load_data(cfg: RunConfig, root: Path, folder, download: bool):
 
 def _build(cfg: RunConfig, num_classes: int):
     torch.manual_seed(cfg.seed)  # every run of a seed starts from the same initialisation
-    return build_model(cfg.arch, num_classes, stem=cfg.stem, pretrained=cfg.pretrained,
-                       width=cfg.width)
+    return build_model(
+        cfg.arch, num_classes, stem=cfg.stem, pretrained=cfg.pretrained, width=cfg.width
+    )
 
 
 def load_model(cfg: RunConfig, root: Path | str | None = None, device="cpu"):
@@ -278,9 +301,16 @@ def load_monitor(cfg: RunConfig, root: Path | str | None = None) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | None = None,
-        download: bool = False, device: str = "auto", progress: bool | None = None,
-        stop_after: int | None = None) -> dict:
+def run(
+    cfg: RunConfig,
+    *,
+    root: Path | str | None = None,
+    folder: str | Path | None = None,
+    download: bool = False,
+    device: str = "auto",
+    progress: bool | None = None,
+    stop_after: int | None = None,
+) -> dict:
     """Return the record of ``cfg``, training it (and its teacher) first if needed.
 
     A finished run is loaded, not retrained. An interrupted one resumes from its checkpoint.
@@ -303,8 +333,7 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
         rec = load_record(rec_path)
         if rec["status"] == "finished":
             return rec
-    job = _prepare(cfg, root, folder=folder, download=download, device=device,
-                   progress=progress)
+    job = _prepare(cfg, root, folder=folder, download=download, device=device, progress=progress)
     state = _resume(job)
     try:
         history = _train(job, state, progress=progress, stop_after=stop_after)
@@ -350,8 +379,9 @@ class _Job:
         return self.wall_before + time.perf_counter() - self.t_start
 
 
-def _prepare(cfg: RunConfig, root: Path, *, folder, download: bool, device: str,
-             progress: bool) -> _Job:
+def _prepare(
+    cfg: RunConfig, root: Path, *, folder, download: bool, device: str, progress: bool
+) -> _Job:
     """Step 1: the teacher's record (trained first if needed), the data and its loaders,
     the student, the distiller and the monitor's fixed test images."""
     dev = resolve_device(device)
@@ -359,30 +389,66 @@ def _prepare(cfg: RunConfig, root: Path, *, folder, download: bool, device: str,
         torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: pick the fastest kernels
     teacher_rec = None
     if cfg.teacher is not None:
-        teacher_rec = run(cfg.teacher, root=root, folder=folder, download=download,
-                          device=device, progress=progress)
+        teacher_rec = run(
+            cfg.teacher,
+            root=root,
+            folder=folder,
+            download=download,
+            device=device,
+            progress=progress,
+        )
     data = _load_data(cfg, root, folder, download)
     hflip = data.info.hflip if cfg.hflip is None else cfg.hflip
     loader_kw: dict = {"device": dev, "channels_last": dev.type == "cuda"}
-    train_loader = Loader.from_data(data, "train", batch_size=cfg.batch_size, train=True,
-                                    hflip=hflip, seed=cfg.seed, **loader_kw)
-    test_loader = Loader.from_data(data, "test", batch_size=max(cfg.batch_size, 256),
-                                   train=False, **loader_kw)
+    train_loader = Loader.from_data(
+        data,
+        "train",
+        batch_size=cfg.batch_size,
+        train=True,
+        hflip=hflip,
+        seed=cfg.seed,
+        **loader_kw,
+    )
+    test_loader = Loader.from_data(
+        data, "test", batch_size=max(cfg.batch_size, 256), train=False, **loader_kw
+    )
     model = _build(cfg, len(data.classes)).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     # The monitor: a fixed, class-balanced set of test images (the first of each class in
     # test order), whose features are kept every epoch for Fig. 3 and the theory chapter.
     mon_idx = _monitor_indices(data.y_test, MONITOR_SIZE)
-    monitor_loader = Loader(data.x_test[mon_idx], data.y_test[mon_idx], mean=data.info.mean,
-                            std=data.info.std, batch_size=500, train=False, **loader_kw)
-    job = _Job(cfg=cfg, dir=run_dir(cfg, root), folder=folder, dev=dev, data=data,
-               hflip=hflip, train_loader=train_loader, test_loader=test_loader,
-               monitor_loader=monitor_loader, model=model, teacher_rec=teacher_rec)
+    monitor_loader = Loader(
+        data.x_test[mon_idx],
+        data.y_test[mon_idx],
+        mean=data.info.mean,
+        std=data.info.std,
+        batch_size=500,
+        train=False,
+        **loader_kw,
+    )
+    job = _Job(
+        cfg=cfg,
+        dir=run_dir(cfg, root),
+        folder=folder,
+        dev=dev,
+        data=data,
+        hflip=hflip,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        monitor_loader=monitor_loader,
+        model=model,
+        teacher_rec=teacher_rec,
+    )
     if cfg.teacher is not None:
         _attach_teacher(job, root)
-    job.monitor = {"epochs": [], "head": [], "teacher": job.teacher_feats,
-                   "indices": mon_idx, "labels": data.y_test[mon_idx]}
+    job.monitor = {
+        "epochs": [],
+        "head": [],
+        "teacher": job.teacher_feats,
+        "indices": mon_idx,
+        "labels": data.y_test[mon_idx],
+    }
     return job
 
 
@@ -403,8 +469,9 @@ def _attach_teacher(job: _Job, root: Path) -> None:
         job.projector_dims = (model.feature_dim, teacher.feature_dim)
     metric = get_metric(cfg.metric, **cfg.metric_options) if cfg.metric else None
     job.distiller = Distiller(teacher=teacher, metric=metric, lam=cfg.lam, projector=projector)
-    job.teacher_feats = evaluate(teacher, job.monitor_loader, device=dev,
-                                 keep_features=len(job.monitor_loader.y))["features"]
+    job.teacher_feats = evaluate(
+        teacher, job.monitor_loader, device=dev, keep_features=len(job.monitor_loader.y)
+    )["features"]
 
 
 def _resume(job: _Job) -> dict | None:
@@ -422,8 +489,7 @@ def _resume(job: _Job) -> dict | None:
     return state
 
 
-def _train(job: _Job, state: dict | None, *, progress: bool, stop_after: int | None
-           ) -> list[dict]:
+def _train(job: _Job, state: dict | None, *, progress: bool, stop_after: int | None) -> list[dict]:
     """Step 3: Algorithm 1 (:func:`kd2m.train.fit`) from ``state``; after every epoch the
     monitor (:func:`_monitor_epoch`) and the checkpoint and running record
     (:func:`_save_epoch`). Raises :class:`_Stopped` after epoch ``stop_after``."""
@@ -435,11 +501,21 @@ def _train(job: _Job, state: dict | None, *, progress: bool, stop_after: int | N
         if stop_after is not None and row["epoch"] >= stop_after and row["epoch"] < cfg.epochs:
             raise _Stopped
 
-    return fit(job.model, train_loader=job.train_loader, test_loader=job.test_loader,
-               epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum,
-               weight_decay=cfg.weight_decay, lr_min=cfg.lr_min, device=job.dev,
-               distiller=job.distiller, state=state, on_epoch_end=on_epoch_end,
-               progress=progress)
+    return fit(
+        job.model,
+        train_loader=job.train_loader,
+        test_loader=job.test_loader,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        lr_min=cfg.lr_min,
+        device=job.dev,
+        distiller=job.distiller,
+        state=state,
+        on_epoch_end=on_epoch_end,
+        progress=progress,
+    )
 
 
 def _monitor_epoch(job: _Job, row: dict) -> None:
@@ -449,8 +525,7 @@ def _monitor_epoch(job: _Job, row: dict) -> None:
     if job.teacher_feats is None:
         return
     teacher_feats = job.teacher_feats
-    test = evaluate(job.model, job.monitor_loader, device=job.dev,
-                    keep_features=len(teacher_feats))
+    test = evaluate(job.model, job.monitor_loader, device=job.dev, keep_features=len(teacher_feats))
     zs = test["features"]
     projector = job.distiller.projector if job.distiller is not None else None
     if projector is not None:
@@ -460,33 +535,53 @@ def _monitor_epoch(job: _Job, row: dict) -> None:
     row["test_feature_gap"] = float((zs - teacher_feats).norm(dim=1).mean())
     job.monitor["epochs"].append(zs.half())
     head = job.model.head
-    job.monitor["head"].append((head.weight.detach().float().cpu(),
-                                head.bias.detach().float().cpu()))
+    job.monitor["head"].append(
+        (head.weight.detach().float().cpu(), head.bias.detach().float().cpu())
+    )
 
 
 def _save_epoch(job: _Job, st: dict) -> None:
     """The checkpoint (resumable state, monitor, start and wall time) and the running record."""
     wall = job.wall()
-    atomic_torch_save(st | {"monitor": job.monitor, "started": job.started,
-                            "wall_seconds": wall}, job.ckpt_path)
+    atomic_torch_save(
+        st | {"monitor": job.monitor, "started": job.started, "wall_seconds": wall}, job.ckpt_path
+    )
     atomic_json(_record(job, st["history"], "running", wall), job.rec_path)
 
 
 def _record(job: _Job, history: list[dict], status: str, wall: float) -> dict:
     """The JSON record of ``job`` with ``history`` so far."""
     cfg, data, teacher_rec = job.cfg, job.data, job.teacher_rec
-    final = {k: history[-1][k] for k in ("test_acc", "test_ce", "train_acc", "train_ce")} \
-        if history else {}
+    final = (
+        {k: history[-1][k] for k in ("test_acc", "test_ce", "train_acc", "train_ce")}
+        if history
+        else {}
+    )
     return {
-        "format": RECORD_FORMAT, "name": cfg.name, "hash": cfg.hash, "status": status,
-        "config": cfg.to_dict(), "history": history, "final": final,
-        "teacher": None if teacher_rec is None else {
-            "name": teacher_rec["name"], "hash": teacher_rec["hash"],
-            "test_acc": teacher_rec["final"]["test_acc"]},
-        "data": data.provenance | {"folder": None if job.folder is None else str(job.folder),
-                                   "n_train": int(data.y_train.shape[0]),
-                                   "n_test": int(data.y_test.shape[0]), "hflip": job.hflip},
-        **job.env, "started": job.started, "wall_seconds": wall,
+        "format": RECORD_FORMAT,
+        "name": cfg.name,
+        "hash": cfg.hash,
+        "status": status,
+        "config": cfg.to_dict(),
+        "history": history,
+        "final": final,
+        "teacher": None
+        if teacher_rec is None
+        else {
+            "name": teacher_rec["name"],
+            "hash": teacher_rec["hash"],
+            "test_acc": teacher_rec["final"]["test_acc"],
+        },
+        "data": data.provenance
+        | {
+            "folder": None if job.folder is None else str(job.folder),
+            "n_train": int(data.y_train.shape[0]),
+            "n_test": int(data.y_test.shape[0]),
+            "hflip": job.hflip,
+        },
+        **job.env,
+        "started": job.started,
+        "wall_seconds": wall,
     }
 
 
@@ -495,10 +590,15 @@ def _finish(job: _Job, history: list[dict]) -> dict:
     checkpoint is removed last."""
     wall = job.wall()
     proj = job.distiller.projector if job.distiller is not None else None
-    atomic_torch_save({
-        "model": job.model.state_dict(), "num_classes": len(job.data.classes),
-        "projector": proj.state_dict() if proj is not None else None,
-        "projector_dims": job.projector_dims}, job.dir / "model.pt")
+    atomic_torch_save(
+        {
+            "model": job.model.state_dict(),
+            "num_classes": len(job.data.classes),
+            "projector": proj.state_dict() if proj is not None else None,
+            "projector_dims": job.projector_dims,
+        },
+        job.dir / "model.pt",
+    )
     if job.teacher_feats is not None:
         atomic_torch_save(job.monitor, job.dir / "monitor.pt")
     rec = _record(job, history, "finished", wall)

@@ -28,8 +28,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["resolve_device", "DistillationMetric", "Distiller", "evaluate", "make_optimizer",
-           "train_step", "train_epoch", "fit"]
+__all__ = [
+    "resolve_device",
+    "DistillationMetric",
+    "Distiller",
+    "evaluate",
+    "make_optimizer",
+    "train_step",
+    "train_epoch",
+    "fit",
+]
 
 
 def resolve_device(device: str | torch.device = "auto", *, allow_mps: bool = True) -> torch.device:
@@ -47,8 +55,10 @@ def resolve_device(device: str | torch.device = "auto", *, allow_mps: bool = Tru
     try:
         return torch.device(device)
     except RuntimeError as exc:
-        raise ValueError(f"device={device!r} is not a torch device (expected 'auto', 'cpu', "
-                         "'cuda', 'cuda:N' or 'mps')") from exc
+        raise ValueError(
+            f"device={device!r} is not a torch device (expected 'auto', 'cpu', "
+            "'cuda', 'cuda:N' or 'mps')"
+        ) from exc
 
 
 def _autocast(device: torch.device):
@@ -116,8 +126,9 @@ class Distiller:
         return dist, self.lam * dist
 
 
-def make_optimizer(params, *, lr: float, momentum: float, weight_decay: float, epochs: int,
-                   lr_min: float):
+def make_optimizer(
+    params, *, lr: float, momentum: float, weight_decay: float, epochs: int, lr_min: float
+):
     """SGD with momentum and a cosine schedule over ``epochs`` (stepped once per epoch)."""
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=lr_min)
@@ -138,8 +149,16 @@ def train_step(model, x, y, opt, *, device: torch.device, distiller: Distiller |
     return logits, ce, dist
 
 
-def train_epoch(model, loader, epoch: int, opt, *, device: torch.device,
-                distiller: Distiller | None = None, progress: bool = True) -> dict:
+def train_epoch(
+    model,
+    loader,
+    epoch: int,
+    opt,
+    *,
+    device: torch.device,
+    distiller: Distiller | None = None,
+    progress: bool = True,
+) -> dict:
     """One pass over ``loader.epoch(epoch)``. Returns mean train CE, distillation loss, accuracy.
 
     Sums stay on the device (no host synchronisation per step, except inside an exact OT
@@ -154,8 +173,13 @@ def train_epoch(model, loader, epoch: int, opt, *, device: torch.device,
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     has_d = distiller is not None and distiller.metric is not None
-    bar = tqdm(loader.epoch(epoch), total=len(loader), desc=f"epoch {epoch + 1}",
-               disable=not progress, leave=False)
+    bar = tqdm(
+        loader.epoch(epoch),
+        total=len(loader),
+        desc=f"epoch {epoch + 1}",
+        disable=not progress,
+        leave=False,
+    )
     for x, y in bar:
         logits, ce, dist = train_step(model, x, y, opt, device=device, distiller=distiller)
         n = y.shape[0]
@@ -169,7 +193,8 @@ def train_epoch(model, loader, epoch: int, opt, *, device: torch.device,
     if not math.isfinite(mean_ce) or (mean_d is not None and not math.isfinite(mean_d)):
         raise FloatingPointError(
             f"non-finite training loss in epoch {epoch + 1}: cross-entropy={mean_ce}, "
-            f"distillation={mean_d}; lower the learning rate or lambda")
+            f"distillation={mean_d}; lower the learning rate or lambda"
+        )
     return {"train_ce": mean_ce, "train_distill": mean_d, "train_acc": correct.item() / seen}
 
 
@@ -199,11 +224,22 @@ def evaluate(model, loader, *, device: torch.device, keep_features: int = 0) -> 
     return out
 
 
-def fit(model, *, train_loader, test_loader, epochs: int, lr: float, momentum: float,
-        weight_decay: float, lr_min: float, device: torch.device,
-        distiller: Distiller | None = None, state: dict | None = None,
-        on_epoch_end: Callable[[dict, dict], None] | None = None,
-        progress: bool = True) -> list[dict]:
+def fit(
+    model,
+    *,
+    train_loader,
+    test_loader,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    lr_min: float,
+    device: torch.device,
+    distiller: Distiller | None = None,
+    state: dict | None = None,
+    on_epoch_end: Callable[[dict, dict], None] | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Algorithm 1: train ``model`` for ``epochs`` epochs and return the per-epoch history.
 
     ``state`` (from a checkpoint: model, projector, optimiser and scheduler states, history)
@@ -217,8 +253,9 @@ def fit(model, *, train_loader, test_loader, epochs: int, lr: float, momentum: f
     projector = distiller.projector if distiller is not None else None
     if projector is not None:
         params += list(projector.parameters())
-    opt, sched = make_optimizer(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                epochs=epochs, lr_min=lr_min)
+    opt, sched = make_optimizer(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay, epochs=epochs, lr_min=lr_min
+    )
     history: list[dict] = []
     if state is not None:
         model.load_state_dict(state["model"])
@@ -230,18 +267,30 @@ def fit(model, *, train_loader, test_loader, epochs: int, lr: float, momentum: f
     for epoch in range(len(history), epochs):
         t0 = time.perf_counter()
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
-        row.update(train_epoch(model, train_loader, epoch, opt, device=device,
-                               distiller=distiller, progress=progress))
+        row.update(
+            train_epoch(
+                model,
+                train_loader,
+                epoch,
+                opt,
+                device=device,
+                distiller=distiller,
+                progress=progress,
+            )
+        )
         sched.step()
         row.update(evaluate(model, test_loader, device=device))
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         if on_epoch_end is not None:
-            on_epoch_end(row, {
-                "model": model.state_dict(),
-                "projector": projector.state_dict() if projector is not None else None,
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "history": history,
-            })
+            on_epoch_end(
+                row,
+                {
+                    "model": model.state_dict(),
+                    "projector": projector.state_dict() if projector is not None else None,
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "history": history,
+                },
+            )
     return history

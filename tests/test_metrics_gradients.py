@@ -33,9 +33,7 @@ GRADCHECKED = {
     "gaussian_kl_diag": lambda s, t, y: M.gaussian_kl(s, t, diagonal=True, shrinkage=0.2),
     "class_gaussian": lambda s, t, y: M.class_gaussian(s, t, y),
     "class_gaussian_diag": lambda s, t, y: M.class_gaussian(s, t, y, diagonal=True),
-    "class_gaussian_kl": lambda s, t, y: M.class_gaussian(
-        s, t, y, divergence="kl", shrinkage=0.3
-    ),
+    "class_gaussian_kl": lambda s, t, y: M.class_gaussian(s, t, y, divergence="kl", shrinkage=0.3),
     "class_gaussian_kl_diag": lambda s, t, y: M.class_gaussian(
         s, t, y, divergence="kl", diagonal=True, shrinkage=0.3
     ),

@@ -10,8 +10,7 @@ from PIL import Image
 from kd2m.profiles import student_config, teacher_config
 from kd2m.runs import RunConfig, list_runs, load_model, load_monitor, load_record, run, run_dir
 
-CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-           "truck"]
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +32,9 @@ def folder(tmp_path_factory):
 def tiny(metric=None, lam=0.0, epochs=2, **kw):
     small = {"epochs": epochs, "batch_size": 32, "width": 4, "n_train": None, "n_test": None}
     teacher = teacher_config("cpu", "cifar10", source="folder", **(small | {"width": 8}))
-    return student_config("cpu", "cifar10", metric, lam=lam, source="folder", teacher=teacher,
-                          **(small | kw))
+    return student_config(
+        "cpu", "cifar10", metric, lam=lam, source="folder", teacher=teacher, **(small | kw)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,18 @@ def test_teacher_baseline_and_kd2m_records(root, folder):
     assert rec["status"] == "finished" and rec["format"] == 1
     assert rec["config"] == cfg.to_dict() and rec["hash"] == cfg.hash
     assert [h["epoch"] for h in rec["history"]] == [1, 2]
-    keys = {"epoch", "lr", "train_ce", "train_distill", "train_acc", "test_ce", "test_acc",
-            "seconds", "test_feature_w2", "test_feature_gap"}
+    keys = {
+        "epoch",
+        "lr",
+        "train_ce",
+        "train_distill",
+        "train_acc",
+        "test_ce",
+        "test_acc",
+        "seconds",
+        "test_feature_w2",
+        "test_feature_gap",
+    }
     for row in rec["history"]:
         assert keys <= set(row)
         assert all(np.isfinite(row[k]) for k in keys)
@@ -91,8 +101,9 @@ def test_resume_gives_the_same_numbers(root, folder, tmp_path_factory):
     assert resumed["status"] == "finished"
     drop = {"seconds"}
     for a, b in zip(full["history"], resumed["history"], strict=True):
-        assert {k: v for k, v in a.items() if k not in drop} == \
-               {k: v for k, v in b.items() if k not in drop}
+        assert {k: v for k, v in a.items() if k not in drop} == {
+            k: v for k, v in b.items() if k not in drop
+        }
     m1, _ = load_model(cfg, full_root)
     m2, _ = load_model(cfg, root)
     for p1, p2 in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True):
@@ -109,8 +120,10 @@ def test_lambda_zero_with_metric_records_but_does_not_train_on_it(root, folder):
         assert a["test_acc"] == b["test_acc"]
 
 
-@pytest.mark.parametrize("metric", ["class_wasserstein", "joint_wasserstein", "gaussian_kl",
-                                    "class_gaussian", "mmd", "hinton"])
+@pytest.mark.parametrize(
+    "metric",
+    ["class_wasserstein", "joint_wasserstein", "gaussian_kl", "class_gaussian", "mmd", "hinton"],
+)
 def test_every_metric_trains_one_epoch(root, folder, metric):
     rec = run(tiny(metric, lam=0.05, epochs=1), root=root, folder=folder, device="cpu")
     assert np.isfinite(rec["history"][0]["train_distill"])
@@ -174,9 +187,27 @@ def test_cli_train_and_list(root, folder, capsys, monkeypatch):
     from kd2m.__main__ import main
 
     monkeypatch.setenv("KD2M_DATA", str(root))
-    args = ["train", "teacher", "--profile", "cpu", "--folder", str(folder), "--no-progress",
-            "--device", "cpu", "--set", "epochs=1", "--set", "width=4", "--set", "n_train=null",
-            "--set", "n_test=null", "--set", "batch_size=32"]
+    args = [
+        "train",
+        "teacher",
+        "--profile",
+        "cpu",
+        "--folder",
+        str(folder),
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--set",
+        "epochs=1",
+        "--set",
+        "width=4",
+        "--set",
+        "n_train=null",
+        "--set",
+        "n_test=null",
+        "--set",
+        "batch_size=32",
+    ]
     assert main(args) == 0
     assert "test accuracy" in capsys.readouterr().out
     assert main(["list"]) == 0
@@ -189,12 +220,26 @@ def test_cli_option_parsing_and_early_errors(root, capsys):
     from kd2m.__main__ import _overrides, main
 
     assert _overrides(["beta=2", "label_cost=ce", "diagonal=true", "bandwidth=null"]) == {
-        "beta": 2, "label_cost": "ce", "diagonal": True, "bandwidth": None}
+        "beta": 2,
+        "label_cost": "ce",
+        "diagonal": True,
+        "bandwidth": None,
+    }
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         _overrides(["beta"])
     # a bad option is refused by the config, before any data is read or anything trains
-    args = ["train", "student", "--metric", "joint_wasserstein", "--option", "beta=-1",
-            "--folder", str(root / "no-such-folder"), "--device", "cpu"]
+    args = [
+        "train",
+        "student",
+        "--metric",
+        "joint_wasserstein",
+        "--option",
+        "beta=-1",
+        "--folder",
+        str(root / "no-such-folder"),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "metric_options" in err and "beta" in err

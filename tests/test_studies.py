@@ -15,8 +15,11 @@ def batch():
 def test_every_metric_matches_its_reference(batch):
     zs, zt, y = batch
     head = studies.random_head(6, 3, seed=0)
-    claims = (studies.closed_form_claims(6, seed=0) + studies.class_conditional_claims(zs, zt, y)
-              + studies.baseline_claims(zs, zt, head))
+    claims = (
+        studies.closed_form_claims(6, seed=0)
+        + studies.class_conditional_claims(zs, zt, y)
+        + studies.baseline_claims(zs, zt, head)
+    )
     assert len(claims) == 12 and all(c.holds for c in claims), studies.claims_table(claims)
     assert str(claims[0]).endswith(": True")
 

@@ -54,8 +54,9 @@ def test_projector_trains_with_lambda_and_not_without():
     for lam, changes in ((0.5, True), (0.0, False)):
         student, teacher, projector = nets()
         before = copy.deepcopy(projector.state_dict())
-        d = Distiller(teacher=teacher, metric=get_metric("wasserstein"), lam=lam,
-                      projector=projector)
+        d = Distiller(
+            teacher=teacher, metric=get_metric("wasserstein"), lam=lam, projector=projector
+        )
         _, _, dist = step(student, d, x, y)
         assert dist is not None and dist.item() > 0  # recorded at lambda = 0 too
         moved = any(not torch.equal(v, projector.state_dict()[k]) for k, v in before.items())
@@ -64,8 +65,11 @@ def test_projector_trains_with_lambda_and_not_without():
 
 def _grads(lam, metric="gaussian_wasserstein"):
     student, teacher, projector = nets()
-    d = None if lam is None else Distiller(teacher=teacher, metric=get_metric(metric), lam=lam,
-                                           projector=projector)
+    d = (
+        None
+        if lam is None
+        else Distiller(teacher=teacher, metric=get_metric(metric), lam=lam, projector=projector)
+    )
     step(student, d, *batch(), lr=0.0)  # lr 0: the step leaves the gradients, moves nothing
     return torch.cat([p.grad.flatten() for p in student.parameters()])
 
@@ -94,8 +98,12 @@ def test_logit_metric_and_student_probabilities_reach_the_metric():
     x, y = batch()
     step(student, Distiller(teacher=teacher, metric=Spy("logits", False), lam=1.0), x, y)
     assert calls["shape"] == (16, 10) and calls["ps"] is None and calls["validate"] is False
-    step(student, Distiller(teacher=teacher, metric=Spy("features", True), lam=1.0,
-                            projector=projector), x, y)
+    step(
+        student,
+        Distiller(teacher=teacher, metric=Spy("features", True), lam=1.0, projector=projector),
+        x,
+        y,
+    )
     assert calls["shape"] == (16, 32)
     torch.testing.assert_close(calls["ps"].sum(1), torch.ones(16))
 
@@ -120,8 +128,9 @@ class _NaN:
 
 def test_non_finite_loss_raises_at_the_end_of_the_epoch():
     student, teacher, projector = nets()
-    opt, _ = make_optimizer(student.parameters(), lr=0.1, momentum=0.0, weight_decay=0.0,
-                            epochs=1, lr_min=0.0)
+    opt, _ = make_optimizer(
+        student.parameters(), lr=0.1, momentum=0.0, weight_decay=0.0, epochs=1, lr_min=0.0
+    )
     d = Distiller(teacher=teacher, metric=_NaN(), lam=1.0, projector=projector)
     with pytest.raises(FloatingPointError, match="non-finite.*distillation=nan"):
         train_epoch(student, _Batches(*batch()), 0, opt, device=CPU, distiller=d, progress=False)

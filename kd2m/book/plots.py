@@ -13,8 +13,7 @@ from importlib import resources
 
 import numpy as np
 
-__all__ = ["paper_table1", "table1", "lambda_sweep_figure", "embedding_figure",
-           "DATASET_COLUMNS"]
+__all__ = ["paper_table1", "table1", "lambda_sweep_figure", "embedding_figure", "DATASET_COLUMNS"]
 
 DATASET_COLUMNS = {"svhn": "SVHN", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
@@ -58,8 +57,10 @@ def table1(records: dict[str, dict[str, list[dict]]], *, with_paper: bool = True
     paper = paper_table1()
     out = []
     for row, per_ds in records.items():
-        line = {"row": row, "metric": TABLE1_METRICS.get(row, "-" if row != "baseline"
-                                                       else "none (lambda = 0)")}
+        line = {
+            "row": row,
+            "metric": TABLE1_METRICS.get(row, "-" if row != "baseline" else "none (lambda = 0)"),
+        }
         for ds, recs in per_ds.items():
             col = DATASET_COLUMNS.get(ds, ds)
             accs = [100 * r["final"]["test_acc"] for r in recs]
@@ -94,8 +95,9 @@ def lambda_sweep_figure(records: dict[float, dict], *, metric: str, dataset: str
         d = [r["train_distill"] for r in h]
         if all(v is not None for v in d):
             axes[1].plot(ep, d, marker="o", ms=3, color=color, label=label)
-        axes[2].plot(ep, [100 * r["test_acc"] for r in h], marker="o", ms=3, color=color,
-                     label=label)
+        axes[2].plot(
+            ep, [100 * r["test_acc"] for r in h], marker="o", ms=3, color=color, label=label
+        )
     axes[0].set(title="classification loss (train CE)", xlabel="epoch")
     axes[1].set(title=f"distillation loss D ({metric}, train)", xlabel="epoch", yscale="log")
     axes[2].set(title="test accuracy (%)", xlabel="epoch")
@@ -104,8 +106,13 @@ def lambda_sweep_figure(records: dict[float, dict], *, metric: str, dataset: str
     return fig
 
 
-def embedding_figure(panels: dict[str, tuple[np.ndarray, np.ndarray]], *, seed: int = 0,
-                     n_neighbors: int = 15, min_dist: float = 0.1):
+def embedding_figure(
+    panels: dict[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    seed: int = 0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+):
     """Fig. 3: a 2-D UMAP embedding of teacher (red) and student (blue) test features.
 
     ``panels[title] = (teacher_features, student_features)`` (same images, same dimension).
@@ -120,13 +127,15 @@ def embedding_figure(panels: dict[str, tuple[np.ndarray, np.ndarray]], *, seed: 
         warnings.simplefilter("ignore", TqdmWarning)
         import umap
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8),
-                             constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.2 * len(panels), 4.8), constrained_layout=True, squeeze=False
+    )
     for ax, (title, (zt, zs)) in zip(axes[0], panels.items(), strict=True):
         zt = np.asarray(zt, dtype=np.float32)
         zs = np.asarray(zs, dtype=np.float32)
-        emb = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed,
-                        n_jobs=1).fit_transform(np.concatenate([zt, zs]))
+        emb = umap.UMAP(
+            n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1
+        ).fit_transform(np.concatenate([zt, zs]))
         n = len(zt)
         ax.scatter(emb[:n, 0], emb[:n, 1], s=3, c="tab:red", alpha=0.5, label="teacher")
         ax.scatter(emb[n:, 0], emb[n:, 1], s=3, c="tab:blue", alpha=0.5, label="student")
