@@ -34,6 +34,8 @@ nbval: setup
 
 lint: setup
 	$(PY) -m ruff check kd2m tests
+	$(PY) -m ruff format --check kd2m tests
+	$(PY) -m mypy
 
 test: setup lint unit nbval
 
