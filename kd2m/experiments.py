@@ -10,24 +10,49 @@ from pathlib import Path
 
 import numpy as np
 
-from kd2m.profiles import student_config, teacher_config, teacher_overrides
+from kd2m.data import DATASETS, DEFAULT_IMAGE_SIZE, resolve_source
+from kd2m.profiles import folder_fields, student_config, teacher_config, teacher_overrides
 from kd2m.runs import RunConfig, load_monitor, run
 
-__all__ = ["data_args", "table1_configs", "table1_runs", "sweep_configs", "sweep_runs",
-           "embedding_panels", "run_finished", "results_records", "results_table"]
+__all__ = ["data_args", "data_sources", "table1_configs", "table1_runs", "sweep_configs",
+           "sweep_runs", "embedding_panels", "run_finished", "results_records", "results_table"]
 
 
-def data_args(dataset: str, folders: dict | None, download: bool = False) -> dict:
-    """``source`` / ``folder`` / ``download`` for ``dataset``: the image folder (or archive)
-    named in ``folders`` when it exists, else torchvision's official files."""
-    folder = (folders or {}).get(dataset)
-    if folder is not None and Path(folder).exists():
-        return {"source": "folder", "folder": str(folder), "download": False}
-    return {"source": "torchvision", "folder": None, "download": download}
+def data_args(dataset: str, folders: dict | None, download: bool | str = "auto") -> dict:
+    """``source`` / ``folder`` / ``download`` for ``dataset`` and a one-sentence
+    ``description`` of the data used (:func:`kd2m.data.resolve_source`): the image folder
+    (or archive) named in ``folders`` when it exists, else torchvision's official files in
+    ``data/``, downloaded there first when ``download`` is "auto" or True. Without either,
+    one :class:`kd2m.data.DataNotFoundError` names both ways out."""
+    src = resolve_source(dataset, (folders or {}).get(dataset), download)
+    return src.args() | {"description": src.description}
+
+
+def data_sources(datasets: list[str], folders: dict | None,
+                 download: bool | str = "auto") -> str:
+    """One line per dataset: which data the chapter uses (see :func:`data_args`)."""
+    return "\n".join(data_args(ds, folders, download)["description"] for ds in datasets)
+
+
+def _folder_of(dataset: str, args: dict) -> dict:
+    """``folder=`` for the config builders when ``dataset`` is an image folder of one's own
+    (its configs carry the content hash of its images)."""
+    return {"folder": args["folder"]} if dataset not in DATASETS else {}
+
+
+def _with_data_hash(dataset: str, folder, overrides: dict | None) -> dict:
+    """``overrides`` plus the ``data_sha256`` of an image folder of one's own (read once
+    for all the configs of a chapter); unchanged for the known datasets."""
+    overrides = dict(overrides or {})
+    if folder is not None and dataset not in DATASETS and "data_sha256" not in overrides:
+        fields = folder_fields(dataset, folder, overrides.get("image_size", DEFAULT_IMAGE_SIZE))
+        overrides["data_sha256"] = fields["data_sha256"]
+    return overrides
 
 
 def table1_configs(profile: str, dataset: str, rows: list[str], seeds: list[int], *,
-                   source: str, overrides: dict | None = None) -> dict[str, list[RunConfig]]:
+                   source: str, overrides: dict | None = None, folder=None
+                   ) -> dict[str, list[RunConfig]]:
     """``{"teacher": [...], "student": [...], "E1": [...], ...}``: one config per seed (the
     teacher is trained once, with the profile's seed, and shared by every student)."""
     from kd2m.metrics import TABLE1_METRICS
@@ -35,7 +60,7 @@ def table1_configs(profile: str, dataset: str, rows: list[str], seeds: list[int]
     unknown = [r for r in rows if r not in TABLE1_METRICS]
     if unknown:
         raise ValueError(f"rows={unknown}: expected Table 1 rows among {sorted(TABLE1_METRICS)}")
-    overrides = dict(overrides or {})
+    overrides = _with_data_hash(dataset, folder, overrides)
     teacher = teacher_config(profile, dataset, source=source, **teacher_overrides(overrides))
     out = {"teacher": [teacher],
            "student": [student_config(profile, dataset, None, seed=s, source=source,
@@ -47,7 +72,8 @@ def table1_configs(profile: str, dataset: str, rows: list[str], seeds: list[int]
 
 
 def table1_runs(profile: str, datasets: list[str], rows: list[str], seeds: list[int], *,
-                folders: dict | None = None, download: bool = False, device: str = "auto",
+                folders: dict | None = None, download: bool | str = "auto",
+                device: str = "auto",
                 overrides: dict | None = None, progress: bool | None = None
                 ) -> dict[str, dict[str, list[dict]]]:
     """Records for Table 1: ``records[row][dataset] = [record per seed]``, trained or loaded."""
@@ -55,7 +81,7 @@ def table1_runs(profile: str, datasets: list[str], rows: list[str], seeds: list[
     for ds in datasets:
         args = data_args(ds, folders, download)
         cfgs = table1_configs(profile, ds, rows, seeds, source=args["source"],
-                              overrides=overrides)
+                              overrides=overrides, **_folder_of(ds, args))
         for row, row_cfgs in cfgs.items():
             records.setdefault(row, {})[ds] = [
                 run(c, folder=args["folder"], download=args["download"], device=device,
@@ -64,21 +90,24 @@ def table1_runs(profile: str, datasets: list[str], rows: list[str], seeds: list[
 
 
 def sweep_configs(profile: str, dataset: str, metric: str, lambdas: list[float], seed: int, *,
-                  source: str, overrides: dict | None = None) -> dict[float, RunConfig]:
+                  source: str, overrides: dict | None = None, folder=None
+                  ) -> dict[float, RunConfig]:
     """One student per lambda; lambda = 0 keeps the metric, so its distance is recorded
     (without gradient) for Fig. 2."""
+    overrides = _with_data_hash(dataset, folder, overrides)
     return {float(lam): student_config(profile, dataset, metric, lam=float(lam), seed=seed,
                                        source=source, **(overrides or {}))
             for lam in lambdas}
 
 
 def sweep_runs(profile: str, dataset: str, metric: str, lambdas: list[float], seed: int, *,
-               folders: dict | None = None, download: bool = False, device: str = "auto",
+               folders: dict | None = None, download: bool | str = "auto",
+               device: str = "auto",
                overrides: dict | None = None, progress: bool | None = None) -> dict[float, dict]:
     """Records of the lambda sweep of Fig. 2, trained or loaded."""
     args = data_args(dataset, folders, download)
     cfgs = sweep_configs(profile, dataset, metric, lambdas, seed, source=args["source"],
-                         overrides=overrides)
+                         overrides=overrides, **_folder_of(dataset, args))
     return {lam: run(c, folder=args["folder"], download=args["download"], device=device,
                      progress=progress) for lam, c in cfgs.items()}
 

@@ -40,7 +40,8 @@ _SHARED = ("n_train", "n_test", "epochs", "batch_size", "lr", "momentum", "weigh
 # optimisation, e.g. {"epochs": 1} for a dry run); the architecture, metric, lambda and seed
 # stay the student's own.
 TEACHER_FOLLOWS = ("n_train", "n_test", "epochs", "batch_size", "lr", "momentum",
-                   "weight_decay", "lr_min", "pretrained", "hflip", "image_size")
+                   "weight_decay", "lr_min", "pretrained", "hflip", "image_size",
+                   "data_sha256")
 
 
 def teacher_overrides(overrides: dict | None) -> dict:

@@ -326,13 +326,16 @@ def swapped_labels_example() -> theory.BoundReport:
 # Trained part
 # --------------------------------------------------------------------------- #
 def student_configs(profile: str, dataset: str, metrics: Sequence[str], *, seed: int,
-                    source: str, overrides: Mapping | None = None) -> dict[str, Any]:
+                    source: str, overrides: Mapping | None = None,
+                    folder=None) -> dict[str, Any]:
     """``{"baseline": cfg, metric: cfg, ...}``: the student baseline (``lambda = 0``) and one
     KD2M student per metric, as :func:`kd2m.profiles.student_config` builds them (the same
-    configs, hence the same stored runs, as the earlier chapters)."""
+    configs, hence the same stored runs, as the earlier chapters). ``folder``: the image
+    folder of a dataset of one's own (read once for the content hash of its configs)."""
+    from kd2m.experiments import _with_data_hash
     from kd2m.profiles import student_config
 
-    ov = dict(overrides or {})
+    ov = _with_data_hash(dataset, folder, overrides)
     out = {"baseline": student_config(profile, dataset, None, seed=seed, source=source, **ov)}
     for m in metrics:
         out[m] = student_config(profile, dataset, m, seed=seed, source=source, **ov)

@@ -156,7 +156,8 @@ def test_cli_train_and_list(root, folder, capsys, monkeypatch):
     from kd2m.__main__ import main
 
     monkeypatch.setenv("KD2M_DATA", str(root))
-    args = ["train", "teacher", "--profile", "cpu", "--folder", str(folder), "--no-progress",
+    args = ["train", "teacher", "--profile", "cpu", "--dataset", "cifar10", "--folder",
+            str(folder), "--no-progress",
             "--device", "cpu", "--set", "epochs=1", "--set", "width=4", "--set", "n_train=null",
             "--set", "n_test=null", "--set", "batch_size=32"]
     assert main(args) == 0
