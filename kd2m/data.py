@@ -885,8 +885,10 @@ def _load_image_folder(name: str, root: Path, folder: Path, image_size: int) -> 
         cache = root / "cache" / f"{name}-folder-{key}.pt"
         if cache.exists():
             return _from_cache(name, cache, prov)
-    x_train, y_train = _decode(train_files, image_size, resize=True, desc=f"{name} train")
-    x_test, y_test = _decode(test_files, image_size, resize=True, desc=f"{name} test")
+    # both splits in one pass (one pool, one progress bar); labels: class index = i % K
+    x, y = _decode(train_files + test_files, image_size, resize=True, desc=f"decoding {name}")
+    n_train, k = sum(len(f) for f in train_files), len(classes)
+    x_train, y_train, x_test, y_test = x[:n_train], y[:n_train] % k, x[n_train:], y[n_train:] % k
     prov["decode_seconds"] = round(time.perf_counter() - t0, 3)
     mean, std = channel_stats(x_train)
     # a channel constant over the whole training split (std 0) is left unscaled

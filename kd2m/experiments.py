@@ -14,7 +14,7 @@ from kd2m.data import DATASETS, DEFAULT_IMAGE_SIZE, resolve_source
 from kd2m.profiles import folder_fields, student_config, teacher_config, teacher_overrides
 from kd2m.runs import RunConfig, load_monitor, run
 
-__all__ = ["data_args", "data_sources", "table1_configs", "table1_runs", "sweep_configs",
+__all__ = ["data_args", "data_sources", "other_data", "table1_configs", "table1_runs", "sweep_configs",
            "sweep_runs", "embedding_panels", "run_finished", "results_records", "results_table"]
 
 
@@ -32,6 +32,24 @@ def data_sources(datasets: list[str], folders: dict | None,
                  download: bool | str = "auto") -> str:
     """One line per dataset: which data the chapter uses (see :func:`data_args`)."""
     return "\n".join(data_args(ds, folders, download)["description"] for ds in datasets)
+
+
+def _data_label(rec: dict) -> str:
+    d = rec.get("data", {})
+    where = d.get("archive") or d.get("path") or "?"
+    return f"{d.get('source', '?')} {where} (content sha256 {str(d.get('content_sha256'))[:12]})"
+
+
+def other_data(record: dict, reference: dict) -> str | None:
+    """None when ``record`` was trained on exactly the images ``reference`` was (the same
+    ``content_sha256`` of the data it saw, subset included); otherwise one sentence saying
+    that the reference numbers belong to another copy of the data, naming both."""
+    a = record.get("data", {}).get("content_sha256")
+    b = reference.get("data", {}).get("content_sha256")
+    if a is not None and a == b:
+        return None
+    return (f"the reference numbers were made from other data ({_data_label(reference)}) "
+            f"than this run's ({_data_label(record)}): they are not expected to match")
 
 
 def _folder_of(dataset: str, args: dict) -> dict:

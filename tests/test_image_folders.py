@@ -430,3 +430,17 @@ def test_book_data_args_say_which_data(tmp_path, monkeypatch):
     assert args["source"] == "torchvision" and args["folder"] is None
     assert "official files" in args["description"]
     assert data_sources(["cifar10"], {}, False) == args["description"]
+
+
+def test_other_data_names_both_copies():
+    from kd2m.experiments import other_data
+
+    jpeg = {"data": {"source": "folder", "archive": "/x/cifar10-jpeg.tar.gz",
+                     "content_sha256": "a" * 64}}
+    official = {"data": {"source": "torchvision", "path": "/y/data/cifar10",
+                         "content_sha256": "b" * 64}}
+    assert other_data(jpeg, dict(jpeg)) is None
+    note = other_data(official, jpeg)
+    assert "/x/cifar10-jpeg.tar.gz" in note and "/y/data/cifar10" in note
+    assert "aaaaaaaaaaaa" in note and "bbbbbbbbbbbb" in note
+    assert other_data({"data": {}}, {"data": {}}) is not None  # unknown: not the same
