@@ -14,8 +14,9 @@ from kd2m.data import DATASETS, DEFAULT_IMAGE_SIZE, resolve_source
 from kd2m.profiles import folder_fields, student_config, teacher_config, teacher_overrides
 from kd2m.runs import RunConfig, load_monitor, run
 
-__all__ = ["data_args", "data_sources", "other_data", "table1_configs", "table1_runs", "sweep_configs",
-           "sweep_runs", "embedding_panels", "run_finished", "results_records", "results_table"]
+__all__ = ["data_args", "data_sources", "other_data", "table1_configs", "table1_runs",
+           "sweep_configs", "sweep_runs", "embedding_panels", "run_finished", "results_records",
+           "results_table"]
 
 
 def data_args(dataset: str, folders: dict | None, download: bool | str = "auto") -> dict:
