@@ -213,7 +213,7 @@ def test_folder_name():
     assert folder_name("/x/cifar10-jpeg.tar.gz") == "cifar10-jpeg"
 
 
-def test_folder_errors_name_the_problem(tmp_path):
+def test_folder_errors_name_the_problem(tmp_path, monkeypatch):
     root = tmp_path / "data"
     _write_folder(tmp_path / "one", ["only"], {"train": [("L", (8, 8))], "test": [("L", (8, 8))]})
     with pytest.raises(ValueError, match="at least 2"):
@@ -231,6 +231,11 @@ def test_folder_errors_name_the_problem(tmp_path):
     tree = tmp_path / "broken"
     _write_folder(tree, ["a", "b"], {"train": [("L", (8, 8))], "test": [("L", (8, 8))]})
     (tree / "train" / "a" / "000.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="000.png: not a readable image"):
+        load_data(folder=tree, root=root)
+    monkeypatch.setattr(kdata, "PARALLEL_MIN_IMAGES", 1)  # the same from a worker process
+    monkeypatch.setattr(kdata, "DECODE_CHUNK", 1)
+    monkeypatch.setattr(kdata.os, "cpu_count", lambda: 2)
     with pytest.raises(ValueError, match="000.png: not a readable image"):
         load_data(folder=tree, root=root)
     with pytest.raises(DataNotFoundError, match="does not exist"):
@@ -310,7 +315,7 @@ def test_cli_trains_a_teacher_on_a_digit_folder(tmp_path, monkeypatch, capsys):
     cmd = [sys.executable, "-m", "kd2m", "train", "teacher", "--folder",
            str(tmp_path / "digits"), "--device", "cpu"]
     small = ["--set", "epochs=1", "--set", "width=4", "--set", "n_train=null", "--set",
-             "n_test=null", "--set", "batch_size=32"]
+             "n_test=null", "--set", "batch_size=32", "--set", "image_size=28"]
     done = subprocess.run(cmd + small, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "digits-resnet20-teacher-s42" in done.stdout and "test accuracy" in done.stdout
@@ -319,6 +324,7 @@ def test_cli_trains_a_teacher_on_a_digit_folder(tmp_path, monkeypatch, capsys):
     assert rec["status"] == "finished" and rec["config"]["dataset"] == "digits"
     assert rec["data"]["stats"] == "train split" and len(rec["data"]["mean"]) == 3
     assert rec["config"]["data_sha256"] == rec["data"]["content_sha256"]
+    assert rec["config"]["image_size"] == rec["data"]["image_size"] == 28  # not resized
     blob = torch.load(rec_path.parent / "model.pt", weights_only=True)
     assert blob["num_classes"] == 10 and blob["model"]["head.weight"].shape[0] == 10
     # the profile's default subset (5000 images) is more than the folder holds
