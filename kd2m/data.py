@@ -6,9 +6,12 @@ Three layers, each small:
    torchvision's label order, per-channel statistics of the training set, the default
    augmentation).
 2. :func:`load_data` -- reads a dataset ONCE (torchvision's official files, or an
-   image-folder copy / archive of it), stores it as one uint8 tensor cache file under
-   ``<root>/cache/`` and returns an :class:`ImageData` with a JSON-serialisable
-   ``provenance`` for run records. Later calls read the cache.
+   image-folder copy / archive of it, or any image folder of one's own: classes from its
+   sorted folder names, images converted to RGB and resized, statistics of its training
+   split), stores it as one uint8 tensor cache file under ``<root>/cache/`` and returns an
+   :class:`ImageData` with a JSON-serialisable ``provenance`` for run records. Later calls
+   read the cache. :func:`resolve_source` decides where a dataset comes from (the offline
+   copy, torchvision's files, or torchvision's download) and says so in one sentence.
 3. :class:`Loader` -- the whole split lives on the training device as one uint8 tensor;
    an epoch is a seeded permutation plus random crop / horizontal flip done with a few
    tensor operations over whole batches (no per-image PIL work), in the style of
