@@ -381,8 +381,10 @@ def load_data(
     as torchvision's ``ImageFolder`` does (alpha dropped) and resized to ``image_size``
     x ``image_size`` (PIL bilinear with antialiasing; the aspect ratio is not kept).
     The per-channel mean and std of its training split (:func:`channel_stats`) are its
-    normalisation, stored in the cache and in ``provenance``. Decoding runs on all
-    cores, with a progress bar on large folders (``KD2M_PROGRESS=0`` turns it off).
+    normalisation, stored in the cache and in ``provenance``; its default augmentation
+    flips horizontally (``RunConfig.hflip=False``, ``--set hflip=false``, for digits or
+    text). Decoding runs on all cores, with a progress bar on large folders
+    (``KD2M_PROGRESS=0`` turns it off).
 
     The first call decodes the images into ``<root>/cache/<name>-<source>-<key>.pt``
     (written atomically); ``key`` identifies the input (torchvision's file checksums, or
@@ -404,8 +406,11 @@ def load_data(
         raise ValueError(f"image_size={image_size!r}: expected a positive integer")
     root = Path(root)
     if name is None or (name not in DATASETS and folder is not None and source != "torchvision"):
-        if folder is None:
-            raise ValueError("load_data() needs a dataset name or folder=PATH")
+        if folder is None or source == "torchvision":
+            raise ValueError(
+                f"load_data(source={source!r}) needs a known dataset name {sorted(DATASETS)}"
+                f" or folder=PATH (source 'auto' or 'folder')"
+            )
         return _load_image_folder(name or folder_name(folder), root, Path(folder), image_size)
     info = _info(name)
     if image_size != DEFAULT_IMAGE_SIZE:
