@@ -59,6 +59,7 @@ __all__ = [
     "folder_name",
     "load_data",
     "resolve_source",
+    "stratified_counts",
     "tensor_sha256",
 ]
 
@@ -284,10 +285,22 @@ class ImageData:
         ``seed``; the subset keeps the original order of the split.
         """
         g = torch.Generator().manual_seed(int(seed))
-        itr = _stratified_indices(self.y_train, n_train, self.num_classes, g, "n_train",
-                                  f"{self.name} has {len(self.y_train)} training images")
-        ite = _stratified_indices(self.y_test, n_test, self.num_classes, g, "n_test",
-                                  f"{self.name} has {len(self.y_test)} test images")
+        itr = _stratified_indices(
+            self.y_train,
+            n_train,
+            self.num_classes,
+            g,
+            "n_train",
+            f"{self.name} has {len(self.y_train)} training images",
+        )
+        ite = _stratified_indices(
+            self.y_test,
+            n_test,
+            self.num_classes,
+            g,
+            "n_test",
+            f"{self.name} has {len(self.y_test)} test images",
+        )
         x_train, y_train = self.x_train[itr], self.y_train[itr]
         x_test, y_test = self.x_test[ite], self.y_test[ite]
         prov = dict(self.provenance)
@@ -312,8 +325,27 @@ class ImageData:
         )
 
 
+def stratified_counts(counts, n: int) -> torch.Tensor:
+    """How many of ``n`` draws each class gets when classes of sizes ``counts`` share them in
+    proportion: ``floor(counts * n / total)``, then one more for the largest remainders
+    (ties broken by class index). int64 tensor summing to ``n``."""
+    counts = torch.as_tensor(counts).to(torch.float64)
+    quota = counts * n / counts.sum()
+    take = quota.floor().to(torch.int64)
+    rest = n - int(take.sum())
+    if rest:
+        # largest remainder; ties broken by class index (stable sort)
+        order = torch.sort(quota - take, descending=True, stable=True).indices
+        take[order[:rest]] += 1
+    return take
+
+
 def _stratified_indices(
-    y: torch.Tensor, n: int | None, num_classes: int, g: torch.Generator, what: str,
+    y: torch.Tensor,
+    n: int | None,
+    num_classes: int,
+    g: torch.Generator,
+    what: str,
     has: str = "",
 ) -> torch.Tensor:
     total = len(y)
@@ -328,14 +360,7 @@ def _stratified_indices(
         )
     if n < 1:
         raise ValueError(f"{what}={n} must be in [1, {total}] (the split has {total} images)")
-    counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
-    quota = counts * n / total
-    take = quota.floor().to(torch.int64)
-    rest = n - int(take.sum())
-    if rest:
-        # largest remainder; ties broken by class index (stable sort)
-        order = torch.sort(quota - take, descending=True, stable=True).indices
-        take[order[:rest]] += 1
+    take = stratified_counts(torch.bincount(y, minlength=num_classes), n)
     parts = []
     for c in range(num_classes):
         k = int(take[c])
@@ -399,9 +424,7 @@ def load_data(
     list that does not match the dataset.
     """
     if source not in ("auto", "torchvision", "folder"):
-        raise ValueError(
-            f"unknown source {source!r}; expected 'auto', 'torchvision' or 'folder'"
-        )
+        raise ValueError(f"unknown source {source!r}; expected 'auto', 'torchvision' or 'folder'")
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
         raise ValueError(f"image_size={image_size!r}: expected a positive integer")
     root = Path(root)
@@ -432,9 +455,7 @@ def load_data(
 
 def _official_stats(data: ImageData) -> ImageData:
     """A known dataset is normalised with its official statistics: say so in provenance."""
-    data.provenance.update(
-        mean=list(data.info.mean), std=list(data.info.std), stats="official"
-    )
+    data.provenance.update(mean=list(data.info.mean), std=list(data.info.std), stats="official")
     return data
 
 
@@ -540,7 +561,7 @@ def _load_torchvision(info: DatasetInfo, root: Path, download: bool) -> ImageDat
     files = _torchvision_files(info)
     key = _short_key({"format": CACHE_FORMAT, "cls": info.torchvision_class, "files": files})
     cache = root / "cache" / f"{info.name}-torchvision-{key}.pt"
-    prov = {"dataset": info.name, "source": "torchvision", "path": str(where.resolve())}
+    prov: dict = {"dataset": info.name, "source": "torchvision", "path": str(where.resolve())}
     if cache.exists():
         return _from_cache(info, cache, prov)
 
@@ -688,7 +709,9 @@ def _decode_pool(workers: int):
 
 
 def _decode(
-    files: list[list[Path]], size: int = DEFAULT_IMAGE_SIZE, resize: bool = False,
+    files: list[list[Path]],
+    size: int = DEFAULT_IMAGE_SIZE,
+    resize: bool = False,
     desc: str = "decoding",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 3, size, size) uint8 and labels (N,) of ``files[label]``, in order.
@@ -709,8 +732,13 @@ def _decode(
         x[s:e] = np.frombuffer(raw, np.uint8).reshape(e - s, size, size, 3)
         bar.update(e - s)
 
-    with tqdm(total=n, desc=desc, unit="img", leave=False,
-              disable=not _progress_on() or n < PARALLEL_MIN_IMAGES) as bar:
+    with tqdm(
+        total=n,
+        desc=desc,
+        unit="img",
+        leave=False,
+        disable=not _progress_on() or n < PARALLEL_MIN_IMAGES,
+    ) as bar:
         if workers <= 1:
             for s, e in chunks:
                 put(s, e, read_chunk(paths[s:e], size, resize))
@@ -813,8 +841,13 @@ def _folder_info(name: str, blob: dict) -> DatasetInfo:
         raise ValueError(f"not a kd2m image-folder cache of {name} (format {FOLDER_CACHE_FORMAT})")
     prov, classes = blob["provenance"], tuple(blob["classes"])
     return DatasetInfo(
-        name=name, num_classes=len(classes), mean=tuple(prov["mean"]), std=tuple(prov["std"]),
-        hflip=True, torchvision_class="", classes=classes,
+        name=name,
+        num_classes=len(classes),
+        mean=tuple(prov["mean"]),
+        std=tuple(prov["std"]),
+        hflip=True,
+        torchvision_class="",
+        classes=classes,
     )
 
 
@@ -902,10 +935,27 @@ def _load_image_folder(name: str, root: Path, folder: Path, image_size: int) -> 
     # a channel constant over the whole training split (std 0) is left unscaled
     std = tuple(v if v > 0 else 1.0 for v in std)
     prov.update(mean=list(mean), std=list(std), stats="train split")
-    info = DatasetInfo(name=name, num_classes=len(classes), mean=mean, std=std, hflip=True,
-                       torchvision_class="", classes=tuple(classes))
-    _write_cache(info, cache, x_train, y_train, x_test, y_test, classes, prov,
-                 image_size=image_size, fmt=FOLDER_CACHE_FORMAT)
+    info = DatasetInfo(
+        name=name,
+        num_classes=len(classes),
+        mean=mean,
+        std=std,
+        hflip=True,
+        torchvision_class="",
+        classes=tuple(classes),
+    )
+    _write_cache(
+        info,
+        cache,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        classes,
+        prov,
+        image_size=image_size,
+        fmt=FOLDER_CACHE_FORMAT,
+    )
     return _from_cache(name, cache, {})
 
 
@@ -942,8 +992,9 @@ def _torchvision_present(info: DatasetInfo, root: Path) -> bool:
     """The decoded cache of torchvision's files, or the files themselves, are under root."""
     import torchvision.datasets as tvd
 
-    key = _short_key({"format": CACHE_FORMAT, "cls": info.torchvision_class,
-                      "files": _torchvision_files(info)})
+    key = _short_key(
+        {"format": CACHE_FORMAT, "cls": info.torchvision_class, "files": _torchvision_files(info)}
+    )
     if (root / "cache" / f"{info.name}-torchvision-{key}.pt").exists():
         return True
     base = root / info.name / getattr(getattr(tvd, info.torchvision_class), "base_folder", "")
@@ -977,8 +1028,13 @@ def resolve_source(
         root = data_root()
     root = Path(root)
     if folder is not None and Path(folder).exists():
-        return DataSource(dataset, "folder", str(folder), False,
-                          f"{dataset}: the image-folder copy {Path(folder).resolve()}")
+        return DataSource(
+            dataset,
+            "folder",
+            str(folder),
+            False,
+            f"{dataset}: the image-folder copy {Path(folder).resolve()}",
+        )
     if dataset not in DATASETS:
         if folder is None:
             _info(dataset)  # raises: unknown dataset, pass folder=
@@ -989,8 +1045,13 @@ def resolve_source(
     info = DATASETS[dataset]
     where = (root / dataset).resolve()
     if _torchvision_present(info, root):
-        return DataSource(dataset, "torchvision", None, False,
-                          f"{dataset}: torchvision's official files in {where}")
+        return DataSource(
+            dataset,
+            "torchvision",
+            None,
+            False,
+            f"{dataset}: torchvision's official files in {where}",
+        )
     failure = ""
     if flag != "false":
         try:
@@ -998,26 +1059,39 @@ def resolve_source(
         except DataNotFoundError as e:
             failure = f" Downloading them failed: {e.__cause__ or e!s}."
         else:
-            return DataSource(dataset, "torchvision", None, False,
-                              f"{dataset}: torchvision's official files, downloaded now into "
-                              f"{where}")
+            return DataSource(
+                dataset,
+                "torchvision",
+                None,
+                False,
+                f"{dataset}: torchvision's official files, downloaded now into {where}",
+            )
+    raise DataNotFoundError(_no_data_message(dataset, folder, where, flag != "false", failure))
+
+
+def _no_data_message(
+    dataset: str, folder, where: Path, download_allowed: bool, failure: str
+) -> str:
+    """The one message of :func:`resolve_source` when there is no data: both ways out."""
     copy = (
-        f"the copy at {Path(folder).resolve()} is absent" if folder is not None
+        f"the copy at {Path(folder).resolve()} is absent"
+        if folder is not None
         else "no offline copy was named"
     )
     put = (
-        f"put the copy at {Path(folder).resolve()} ({_LAYOUT})" if folder is not None
+        f"put the copy at {Path(folder).resolve()} ({_LAYOUT})"
+        if folder is not None
         else f"name an offline copy ({_LAYOUT}): folders={{{dataset!r}: PATH}} in the book's "
-             "parameters, --folder PATH on the command line, folder=PATH in the API"
+        "parameters, --folder PATH on the command line, folder=PATH in the API"
     )
     allow = (
         "check the network and run again (torchvision fetches the official files once)"
-        if flag != "false" else
-        "allow the download: download: auto in book/params/*.yaml (download=\"auto\" in "
+        if download_allowed
+        else 'allow the download: download: auto in book/params/*.yaml (download="auto" in '
         "the notebooks' parameters), --download on the command line, download=True in the "
         "API (needs internet, once)"
     )
-    raise DataNotFoundError(
+    return (
         f"{dataset}: no data. {copy[0].upper() + copy[1:]} and torchvision's official files "
         f"are not in {where}.{failure} Two ways out: (1) {put}; or (2) {allow}; torchvision "
         f"then stores them in {where}."

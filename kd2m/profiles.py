@@ -21,27 +21,52 @@ PROFILES: dict[str, dict] = {
     "paper": {
         "teacher": {"arch": "resnet34", "stem": "imagenet", "width": None},
         "student": {"arch": "resnet18", "stem": "imagenet", "width": None},
-        "n_train": None, "n_test": None, "epochs": 15, "batch_size": 128, "lr": 1e-2,
-        "momentum": 0.9, "weight_decay": 0.0, "lr_min": 1e-4, "lam": 1e-4, "seed": 42,
+        "n_train": None,
+        "n_test": None,
+        "epochs": 15,
+        "batch_size": 128,
+        "lr": 1e-2,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "lr_min": 1e-4,
+        "lam": 1e-4,
+        "seed": 42,
         "pretrained": False,
     },
     "cpu": {
         "teacher": {"arch": "resnet20", "stem": "cifar", "width": 16, "epochs": 10},
         "student": {"arch": "resnet8", "stem": "cifar", "width": 16},
-        "n_train": 5000, "n_test": 2000, "epochs": 5, "batch_size": 128, "lr": 5e-2,
-        "momentum": 0.9, "weight_decay": 5e-4, "lr_min": 1e-4, "lam": 1e-2, "seed": 42,
+        "n_train": 5000,
+        "n_test": 2000,
+        "epochs": 5,
+        "batch_size": 128,
+        "lr": 5e-2,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "lr_min": 1e-4,
+        "lam": 1e-2,
+        "seed": 42,
         "pretrained": False,
     },
 }
 
-_SHARED = ("n_train", "n_test", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-           "lr_min", "pretrained")
+# The profile's values shared by its teacher and its students.
+_SHARED = (
+    "n_train",
+    "n_test",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "lr_min",
+    "pretrained",
+)
 # Overrides of a student that its default teacher follows too (the data it sees and the
-# optimisation, e.g. {"epochs": 1} for a dry run); the architecture, metric, lambda and seed
+# optimisation, e.g. {"epochs": 1} for a dry run): the shared values, the flip, and the
+# input size and images of a folder of one's own; the architecture, metric, lambda and seed
 # stay the student's own.
-TEACHER_FOLLOWS = ("n_train", "n_test", "epochs", "batch_size", "lr", "momentum",
-                   "weight_decay", "lr_min", "pretrained", "hflip", "image_size",
-                   "data_sha256")
+TEACHER_FOLLOWS = (*_SHARED, "hflip", "image_size", "data_sha256")
 
 
 def teacher_overrides(overrides: dict | None) -> dict:
@@ -62,17 +87,22 @@ def _check_overrides(overrides: dict) -> None:
         raise ValueError(f"unknown override(s) {unknown}; RunConfig fields are {sorted(fields)}")
 
 
-def folder_fields(dataset: str | None, folder, image_size: int = DEFAULT_IMAGE_SIZE,
-                  root=None) -> dict:
+def folder_fields(
+    dataset: str | None, folder, image_size: int = DEFAULT_IMAGE_SIZE, root=None
+) -> dict:
     """``dataset``, ``source`` and ``data_sha256`` of an image folder of one's own (read
     once through the cache: :func:`kd2m.data.load_data`). ``dataset`` None names it after
     the folder (:func:`kd2m.data.folder_name`). ``root`` defaults to
     :func:`kd2m.runs.data_root`."""
     name = dataset or folder_name(folder)
-    data = load_data(name, source="folder", folder=folder, image_size=image_size,
-                     root=data_root() if root is None else root)
-    return {"dataset": name, "source": "folder",
-            "data_sha256": data.provenance["content_sha256"]}
+    data = load_data(
+        name,
+        source="folder",
+        folder=folder,
+        image_size=image_size,
+        root=data_root() if root is None else root,
+    )
+    return {"dataset": name, "source": "folder", "data_sha256": data.provenance["content_sha256"]}
 
 
 def _data_fields(dataset: str | None, source: str, folder, overrides: dict) -> dict:
@@ -83,8 +113,14 @@ def _data_fields(dataset: str | None, source: str, folder, overrides: dict) -> d
     return {"dataset": dataset, "source": source}
 
 
-def teacher_config(profile: str, dataset: str | None = None, *, source: str = "torchvision",
-                   folder=None, **overrides) -> RunConfig:
+def teacher_config(
+    profile: str,
+    dataset: str | None = None,
+    *,
+    source: str = "torchvision",
+    folder=None,
+    **overrides,
+) -> RunConfig:
     """The teacher of ``profile`` on ``dataset`` (``overrides`` replace RunConfig fields).
 
     With ``folder=`` and ``dataset`` None (or not a known dataset's name): the image folder
@@ -97,11 +133,19 @@ def teacher_config(profile: str, dataset: str | None = None, *, source: str = "t
     return RunConfig(**kw)
 
 
-def student_config(profile: str, dataset: str | None = None, metric: str | None = None, *,
-                   lam: float | None = None, seed: int | None = None,
-                   source: str = "torchvision", teacher: RunConfig | None = None,
-                   teacher_changes: dict | None = None, folder=None,
-                   **overrides) -> RunConfig:
+def student_config(
+    profile: str,
+    dataset: str | None = None,
+    metric: str | None = None,
+    *,
+    lam: float | None = None,
+    seed: int | None = None,
+    source: str = "torchvision",
+    teacher: RunConfig | None = None,
+    teacher_changes: dict | None = None,
+    folder=None,
+    **overrides,
+) -> RunConfig:
     """A student of ``profile``: the baseline when ``metric`` is None, KD2M otherwise.
 
     ``lam`` defaults to the profile's lambda when a metric is given and to 0 without one.
@@ -116,11 +160,19 @@ def student_config(profile: str, dataset: str | None = None, metric: str | None 
     data = _data_fields(dataset, source, folder, overrides)
     if teacher is None:
         extra = {k: v for k, v in data.items() if k not in ("dataset", "source")}
-        teacher = teacher_config(profile, data["dataset"], source=data["source"],
-                                 **(extra | teacher_overrides(overrides)
-                                    | (teacher_changes or {})))
+        teacher = teacher_config(
+            profile,
+            data["dataset"],
+            source=data["source"],
+            **(extra | teacher_overrides(overrides) | (teacher_changes or {})),
+        )
     kw = {k: p[k] for k in _SHARED} | p["student"]
-    kw |= data | {"role": "student", "metric": metric, "lam": float(lam),
-                  "seed": p["seed"] if seed is None else seed, "teacher": teacher}
+    kw |= data | {
+        "role": "student",
+        "metric": metric,
+        "lam": float(lam),
+        "seed": p["seed"] if seed is None else seed,
+        "teacher": teacher,
+    }
     kw |= overrides
     return RunConfig(**kw)

@@ -54,8 +54,9 @@ def _expected_rgb(img: Image.Image, size: int) -> np.ndarray:
         a = np.asarray(img)[:, :, :3]
     if a.shape[:2] != (size, size):
         t = torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].double()
-        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False)
+        t = F.interpolate(
+            t, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
         a = t[0].permute(1, 2, 0).round().clamp(0, 255).numpy().astype(np.uint8)
     return a.transpose(2, 0, 1)
 
@@ -96,8 +97,14 @@ def _write_folder(base: Path, classes, spec, size=32, seed=0) -> dict:
 
 
 MIXED = {
-    "train": [("L", (28, 28)), ("P", (32, 32)), ("RGBA", (40, 24)), ("RGB", (64, 64)),
-              ("I;16", (32, 32)), ("RGB", (32, 32))],
+    "train": [
+        ("L", (28, 28)),
+        ("P", (32, 32)),
+        ("RGBA", (40, 24)),
+        ("RGB", (64, 64)),
+        ("I;16", (32, 32)),
+        ("RGB", (32, 32)),
+    ],
     "test": [("RGBA", (32, 32)), ("L", (17, 50))],
 }
 
@@ -141,8 +148,7 @@ def test_statistics_of_the_training_split_in_cache_record_and_loader(tmp_path):
     data = load_data(folder=tmp_path / "f", root=tmp_path / "data")
     f = data.x_train.double() / 255  # independent: torch's own mean/std over all pixels
     np.testing.assert_allclose(data.info.mean, f.mean((0, 2, 3)).numpy(), atol=1e-12)
-    np.testing.assert_allclose(data.info.std, f.std((0, 2, 3), unbiased=False).numpy(),
-                               atol=1e-12)
+    np.testing.assert_allclose(data.info.std, f.std((0, 2, 3), unbiased=False).numpy(), atol=1e-12)
     assert data.provenance["mean"] == list(data.info.mean)
     assert data.provenance["std"] == list(data.info.std)
     blob = torch.load(data.provenance["cache_file"], weights_only=True)
@@ -152,8 +158,9 @@ def test_statistics_of_the_training_split_in_cache_record_and_loader(tmp_path):
     assert again.provenance["cache_file"] == data.provenance["cache_file"]
     loader = Loader.from_data(data, "test", batch_size=64)
     x, _ = next(loader.epoch(0))
-    ref = (data.x_test.double() / 255 - torch.tensor(data.info.mean).view(1, 3, 1, 1)) \
-        / torch.tensor(data.info.std).view(1, 3, 1, 1)
+    ref = (
+        data.x_test.double() / 255 - torch.tensor(data.info.mean).view(1, 3, 1, 1)
+    ) / torch.tensor(data.info.std).view(1, 3, 1, 1)
     torch.testing.assert_close(x.double(), ref, atol=1e-5, rtol=0)
 
 
@@ -184,8 +191,11 @@ def test_nested_subfolder_and_archive_give_the_same_data(tmp_path):
     b = load_data(folder=tmp_path / "wrapped", root=root)
     c = load_data(folder=archive, root=root)
     assert c.name == "plain" == folder_name(archive) and b.name == "wrapped"
-    assert a.provenance["content_sha256"] == b.provenance["content_sha256"] \
+    assert (
+        a.provenance["content_sha256"]
+        == b.provenance["content_sha256"]
         == c.provenance["content_sha256"]
+    )
     assert c.provenance["archive_sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
     assert b.provenance["path"] == str(nested.resolve())
     again = load_data(folder=archive, root=root)  # cached: not extracted again
@@ -258,8 +268,9 @@ def test_more_images_than_the_folder_holds(tmp_path):
 
 def test_known_datasets_keep_their_official_statistics(tmp_path):
     classes = DATASETS["cifar10"].classes
-    _write_folder(tmp_path / "cifar10", classes, {"train": [("RGB", (32, 32))],
-                                                  "test": [("RGB", (32, 32))]})
+    _write_folder(
+        tmp_path / "cifar10", classes, {"train": [("RGB", (32, 32))], "test": [("RGB", (32, 32))]}
+    )
     known = load_data("cifar10", folder=tmp_path / "cifar10", root=tmp_path / "data")
     assert known.info is DATASETS["cifar10"] and known.provenance["stats"] == "official"
     assert known.provenance["mean"] == list(DATASETS["cifar10"].mean)
@@ -271,28 +282,26 @@ def test_known_datasets_keep_their_official_statistics(tmp_path):
 
 
 def test_configs_of_a_folder_and_unchanged_hashes(tmp_path, monkeypatch):
-    from kd2m.experiments import table1_configs
+    from kd2m.book.experiments import table1_configs
     from kd2m.profiles import student_config, teacher_config
     from kd2m.runs import RunConfig, run
 
     monkeypatch.setenv("KD2M_DATA", str(tmp_path / "data"))
     # the runs of the known datasets keep their names (the committed outputs depend on them)
     assert teacher_config("cpu", "cifar10", source="folder").hash == "5cd4537ef964"
-    assert student_config("cpu", "cifar10", "wasserstein", source="folder").hash == \
-        "d809ff267e0d"
+    assert student_config("cpu", "cifar10", "wasserstein", source="folder").hash == "d809ff267e0d"
     assert student_config("paper", "svhn", None, epochs=1).hash == "853ab66e3598"
     _digits(tmp_path / "digits")
     t = teacher_config("cpu", folder=tmp_path / "digits")
-    sha = load_data(folder=tmp_path / "digits", root=tmp_path / "data").provenance[
-        "content_sha256"]
+    sha = load_data(folder=tmp_path / "digits", root=tmp_path / "data").provenance["content_sha256"]
     assert (t.dataset, t.source, t.data_sha256) == ("digits", "folder", sha)
-    s = student_config("cpu", metric="wasserstein", folder=tmp_path / "digits",
-                       image_size=28)
+    s = student_config("cpu", metric="wasserstein", folder=tmp_path / "digits", image_size=28)
     assert s.teacher.data_sha256 == s.data_sha256 != sha  # 28x28: other content
     assert s.teacher.image_size == 28
     assert s.hash != student_config("cpu", metric="wasserstein", folder=tmp_path / "digits").hash
-    cfgs = table1_configs("cpu", "digits", ["E1"], [42], source="folder",
-                          folder=tmp_path / "digits")
+    cfgs = table1_configs(
+        "cpu", "digits", ["E1"], [42], source="folder", folder=tmp_path / "digits"
+    )
     assert {c.data_sha256 for cs in cfgs.values() for c in cs} == {sha}
     with pytest.raises(ValueError, match="data_sha256"):
         RunConfig(role="teacher", dataset="digits", source="folder")
@@ -310,12 +319,36 @@ def test_cli_trains_a_teacher_on_a_digit_folder(tmp_path, monkeypatch, capsys):
     from kd2m.__main__ import main
 
     _digits(tmp_path / "digits", n_train=6, n_test=2)
-    env = os.environ | {"KD2M_DATA": str(tmp_path / "data"), "KD2M_PROGRESS": "0",
-                        "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "kd2m", "train", "teacher", "--folder",
-           str(tmp_path / "digits"), "--device", "cpu"]
-    small = ["--set", "epochs=1", "--set", "width=4", "--set", "n_train=null", "--set",
-             "n_test=null", "--set", "batch_size=32", "--set", "image_size=28"]
+    env = os.environ | {
+        "KD2M_DATA": str(tmp_path / "data"),
+        "KD2M_PROGRESS": "0",
+        "PYTHONPATH": str(REPO),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "kd2m",
+        "train",
+        "teacher",
+        "--folder",
+        str(tmp_path / "digits"),
+        "--device",
+        "cpu",
+    ]
+    small = [
+        "--set",
+        "epochs=1",
+        "--set",
+        "width=4",
+        "--set",
+        "n_train=null",
+        "--set",
+        "n_test=null",
+        "--set",
+        "batch_size=32",
+        "--set",
+        "image_size=28",
+    ]
     done = subprocess.run(cmd + small, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "digits-resnet20-teacher-s42" in done.stdout and "test accuracy" in done.stdout
@@ -351,14 +384,15 @@ def _write_cifar10(root: Path, monkeypatch) -> tuple[np.ndarray, np.ndarray]:
     x_train = rng.integers(0, 256, (15, 3, 32, 32), dtype=np.uint8)
     train_list = []
     for k, (name, _) in enumerate(cls.train_list):
-        part = x_train[3 * k: 3 * k + 3]
+        part = x_train[3 * k : 3 * k + 3]
         entry = {"data": part.reshape(3, -1), "labels": [(3 * k + i) % 10 for i in range(3)]}
         (base / name).write_bytes(pickle.dumps(entry, protocol=2))
         train_list.append([name, _md5(base / name)])
     x_test = rng.integers(0, 256, (10, 3, 32, 32), dtype=np.uint8)
     test_name = cls.test_list[0][0]
-    (base / test_name).write_bytes(pickle.dumps(
-        {"data": x_test.reshape(10, -1), "labels": list(range(10))}, protocol=2))
+    (base / test_name).write_bytes(
+        pickle.dumps({"data": x_test.reshape(10, -1), "labels": list(range(10))}, protocol=2)
+    )
     meta = base / cls.meta["filename"]
     meta.write_bytes(pickle.dumps({cls.meta["key"]: list(DATASETS["cifar10"].classes)}))
     monkeypatch.setattr(cls, "train_list", train_list)
@@ -369,8 +403,11 @@ def _write_cifar10(root: Path, monkeypatch) -> tuple[np.ndarray, np.ndarray]:
 
 def test_resolve_source_prefers_the_offline_copy(tmp_path):
     copy = tmp_path / "copy"
-    _write_folder(copy, DATASETS["cifar10"].classes, {"train": [("RGB", (32, 32))],
-                                                      "test": [("RGB", (32, 32))]})
+    _write_folder(
+        copy,
+        DATASETS["cifar10"].classes,
+        {"train": [("RGB", (32, 32))], "test": [("RGB", (32, 32))]},
+    )
     src = resolve_source("cifar10", copy, download=False, root=tmp_path / "data")
     assert (src.source, src.folder, src.download) == ("folder", str(copy), False)
     assert str(copy.resolve()) in src.description and "image-folder copy" in src.description
@@ -385,7 +422,8 @@ def test_without_the_copy_torchvision_files_in_data_are_used(tmp_path, monkeypat
     data = load_data("cifar10", root=root, **src.args())
     assert torch.equal(data.x_train, torch.from_numpy(x_train))
     assert data.provenance["content_sha256"] == tensor_sha256(
-        data.x_train, data.y_train, data.x_test, data.y_test)
+        data.x_train, data.y_train, data.x_test, data.y_test
+    )
 
 
 def test_without_the_copy_torchvision_downloads_once(tmp_path, monkeypatch):
@@ -428,7 +466,7 @@ def test_no_copy_and_no_network_one_message_with_both_ways_out(tmp_path, monkeyp
 
 
 def test_book_data_args_say_which_data(tmp_path, monkeypatch):
-    from kd2m.experiments import data_args, data_sources
+    from kd2m.book.experiments import data_args, data_sources
 
     monkeypatch.setenv("KD2M_DATA", str(tmp_path / "data"))
     _write_cifar10(tmp_path / "data", monkeypatch)
@@ -439,12 +477,18 @@ def test_book_data_args_say_which_data(tmp_path, monkeypatch):
 
 
 def test_other_data_names_both_copies():
-    from kd2m.experiments import other_data
+    from kd2m.book.experiments import other_data
 
-    jpeg = {"data": {"source": "folder", "archive": "/x/cifar10-jpeg.tar.gz",
-                     "content_sha256": "a" * 64}}
-    official = {"data": {"source": "torchvision", "path": "/y/data/cifar10",
-                         "content_sha256": "b" * 64}}
+    jpeg = {
+        "data": {
+            "source": "folder",
+            "archive": "/x/cifar10-jpeg.tar.gz",
+            "content_sha256": "a" * 64,
+        }
+    }
+    official = {
+        "data": {"source": "torchvision", "path": "/y/data/cifar10", "content_sha256": "b" * 64}
+    }
     assert other_data(jpeg, dict(jpeg)) is None
     note = other_data(official, jpeg)
     assert "/x/cifar10-jpeg.tar.gz" in note and "/y/data/cifar10" in note
