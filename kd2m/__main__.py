@@ -2,8 +2,11 @@
 
 Examples::
 
-    python -m kd2m train teacher  --profile cpu --folder ../shared/datasets/cifar10-jpeg.tar.gz
+    python -m kd2m train teacher  --profile cpu --dataset cifar10 \
+        --folder ../shared/datasets/cifar10-jpeg.tar.gz
     python -m kd2m train baseline --profile cpu --dataset cifar10 --folder ...
+    python -m kd2m train teacher  --folder ~/digits --set n_train=null --set n_test=null
+        # any image folder (PATH/train/<class>/*, PATH/test/<class>/*) or .tar.gz of one
     python -m kd2m train student  --profile paper --metric wasserstein --lam 1e-4 --download
     python -m kd2m column --profile paper --parallel 7 --folder ...   # a Table 1 column
     python -m kd2m train student  --profile cpu --metric gaussian_kl --set epochs=2 --set seed=1
@@ -36,30 +39,40 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _data(args) -> dict:
+    """``dataset`` / ``source`` / ``folder`` for the profile functions: ``--folder``
+    without ``--dataset`` (or with a name that is not a known dataset's) is an image folder
+    of one's own; neither given: cifar10 through torchvision."""
+    dataset = args.dataset or (None if args.folder else "cifar10")
+    return {
+        "dataset": dataset,
+        "source": "folder" if args.folder else "torchvision",
+        "folder": args.folder,
+    }
+
+
 def _cmd_train(args) -> int:
     from kd2m.profiles import student_config, teacher_config
     from kd2m.runs import run
 
-    source = "folder" if args.folder else "torchvision"
     overrides = _overrides(args.set)
     if args.role == "teacher":
         if args.metric or args.lam is not None:
             raise SystemExit("train teacher takes no --metric/--lam")
-        cfg = teacher_config(args.profile, args.dataset, source=source, **overrides)
+        cfg = teacher_config(args.profile, **_data(args), **overrides)
     elif args.role == "baseline":
         if args.metric or args.lam:
             raise SystemExit("train baseline takes no --metric/--lam (use 'train student')")
-        cfg = student_config(args.profile, args.dataset, None, source=source, **overrides)
+        cfg = student_config(args.profile, metric=None, **_data(args), **overrides)
     else:
         if not args.metric:
             raise SystemExit("train student needs --metric (see 'python -m kd2m metrics')")
         cfg = student_config(
             args.profile,
-            args.dataset,
-            args.metric,
+            metric=args.metric,
             lam=args.lam,
-            source=source,
             metric_options=_overrides(args.option),
+            **_data(args),
             **overrides,
         )
     rec = run(
@@ -116,9 +129,8 @@ def _cmd_column(args) -> int:
     from kd2m.profiles import teacher_config
     from kd2m.runs import run
 
-    source = "folder" if args.folder else "torchvision"
     overrides = _overrides(args.set)
-    teacher = teacher_config(args.profile, args.dataset, source=source, **overrides)
+    teacher = teacher_config(args.profile, **_data(args), **overrides)
     rec = run(
         teacher,
         folder=args.folder,
@@ -139,7 +151,7 @@ def _cmd_column(args) -> int:
         "--profile",
         args.profile,
         "--dataset",
-        args.dataset,
+        teacher.dataset,
         "--device",
         args.device,
         "--no-progress",
@@ -184,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="train (or load) a teacher, a baseline or a KD2M student")
     t.add_argument("role", choices=["teacher", "baseline", "student"])
     t.add_argument("--profile", default="cpu", help="cpu or paper (default cpu)")
-    t.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or svhn")
+    t.add_argument(
+        "--dataset",
+        default=None,
+        help="cifar10, cifar100 or svhn (default cifar10; with --folder and no "
+        "--dataset: any image folder, named after it)",
+    )
     t.add_argument("--metric", help="a registered metric (python -m kd2m metrics)")
     t.add_argument("--lam", type=float, help="distillation weight (default: the profile's)")
     t.add_argument(
@@ -201,14 +218,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a RunConfig field, e.g. --set epochs=2 (repeatable)",
     )
-    t.add_argument("--folder", help="image-folder copy or .tar.gz archive (source 'folder')")
+    t.add_argument(
+        "--folder",
+        help="image folder PATH/train/<class>/*, PATH/test/<class>/* "
+        "or a .tar.gz of one (a copy of --dataset, or any images)",
+    )
     t.add_argument("--download", action="store_true", help="let torchvision download data")
     t.add_argument("--device", default="auto")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_cmd_train)
     c = sub.add_parser("column", help="one Table 1 column: teacher, baseline, six metrics")
     c.add_argument("--profile", default="cpu")
-    c.add_argument("--dataset", default="cifar10")
+    c.add_argument("--dataset", default=None)
     c.add_argument("--metrics", nargs="*", help="default: the six Table 1 metrics")
     c.add_argument("--parallel", type=int, default=1, help="students trained at once")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -225,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -6,9 +6,12 @@ Three layers, each small:
    torchvision's label order, per-channel statistics of the training set, the default
    augmentation).
 2. :func:`load_data` -- reads a dataset ONCE (torchvision's official files, or an
-   image-folder copy / archive of it), stores it as one uint8 tensor cache file under
-   ``<root>/cache/`` and returns an :class:`ImageData` with a JSON-serialisable
-   ``provenance`` for run records. Later calls read the cache.
+   image-folder copy / archive of it, or any image folder of one's own: classes from its
+   sorted folder names, images converted to RGB and resized, statistics of its training
+   split), stores it as one uint8 tensor cache file under ``<root>/cache/`` and returns an
+   :class:`ImageData` with a JSON-serialisable ``provenance`` for run records. Later calls
+   read the cache. :func:`resolve_source` decides where a dataset comes from (the offline
+   copy, torchvision's files, or torchvision's download) and says so in one sentence.
 3. :class:`Loader` -- the whole split lives on the training device as one uint8 tensor;
    an epoch is a seeded permutation plus random crop / horizontal flip done with a few
    tensor operations over whole batches (no per-image PIL work), in the style of
@@ -26,10 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
+import sys
 import tarfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,25 +44,35 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kd2m._decode import read_chunk
 from kd2m._io import atomic_torch_save
 
 __all__ = [
     "CACHE_FORMAT",
     "DATASETS",
     "DataNotFoundError",
+    "DataSource",
     "DatasetInfo",
     "ImageData",
     "Loader",
     "channel_stats",
+    "folder_name",
     "load_data",
+    "resolve_source",
     "stratified_counts",
     "tensor_sha256",
 ]
 
 #: Bumped whenever the cache layout or the decoding changes (part of the cache key).
 CACHE_FORMAT = 1
+#: The same, for the caches of image folders of one's own (any classes, sizes and modes).
+FOLDER_CACHE_FORMAT = 1
+#: The networks' input size: every bundled profile trains on 32x32 images.
+DEFAULT_IMAGE_SIZE = 32
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif",
+)  # fmt: skip
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 
 
@@ -106,7 +122,7 @@ class DatasetInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     hflip: bool
-    torchvision_class: str
+    torchvision_class: str  # "" for an image folder of one's own
     classes: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
@@ -162,8 +178,27 @@ class DataNotFoundError(FileNotFoundError, RuntimeError):
 
 def _info(name: str) -> DatasetInfo:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
+        raise ValueError(
+            f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}; for images of "
+            f"your own pass folder=PATH (an image-folder tree PATH/train/<class>/*, "
+            f"PATH/test/<class>/* or a .tar.gz of one)"
+        )
     return DATASETS[name]
+
+
+def folder_name(folder: str | os.PathLike) -> str:
+    """The dataset name of an image folder of one's own: its file name without the
+    archive suffix, lower-cased, other characters than ``a-z0-9_.-`` replaced by ``-``
+    (``~/My Digits.tar.gz`` -> ``my-digits``). A name equal to a known dataset's gets
+    ``-folder`` appended, so that it never takes that dataset's official statistics."""
+    base = Path(folder).expanduser().resolve().name.lower()
+    for suffix in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    slug = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "_.-") else "-" for ch in base)
+    slug = slug.strip("-.") or "folder"
+    return f"{slug}-folder" if slug in DATASETS else slug
 
 
 # --------------------------------------------------------------------------- helpers
@@ -215,12 +250,14 @@ def _short_key(obj) -> str:
 
 @dataclass
 class ImageData:
-    """A whole dataset in memory: uint8 images (N, 3, 32, 32) and int64 labels (N,).
+    """A whole dataset in memory: uint8 images (N, 3, S, S) and int64 labels (N,); S = 32
+    for the known datasets, the requested ``image_size`` for a folder of one's own.
 
     ``provenance`` is JSON-serialisable and meant to go verbatim into a run record:
     source ("torchvision" or "folder"), the path read, the cache file and its sha256,
     ``content_sha256`` (over the four tensors, independent of the file format), image
-    counts, and, after :meth:`subset`, how the subset was drawn.
+    counts, the normalisation statistics (``mean``, ``std``, ``stats``: "official" or
+    "train split"), and, after :meth:`subset`, how the subset was drawn.
     """
 
     name: str
@@ -248,8 +285,22 @@ class ImageData:
         ``seed``; the subset keeps the original order of the split.
         """
         g = torch.Generator().manual_seed(int(seed))
-        itr = _stratified_indices(self.y_train, n_train, self.num_classes, g, "n_train")
-        ite = _stratified_indices(self.y_test, n_test, self.num_classes, g, "n_test")
+        itr = _stratified_indices(
+            self.y_train,
+            n_train,
+            self.num_classes,
+            g,
+            "n_train",
+            f"{self.name} has {len(self.y_train)} training images",
+        )
+        ite = _stratified_indices(
+            self.y_test,
+            n_test,
+            self.num_classes,
+            g,
+            "n_test",
+            f"{self.name} has {len(self.y_test)} test images",
+        )
         x_train, y_train = self.x_train[itr], self.y_train[itr]
         x_test, y_test = self.x_test[ite], self.y_test[ite]
         prov = dict(self.provenance)
@@ -290,13 +341,24 @@ def stratified_counts(counts, n: int) -> torch.Tensor:
 
 
 def _stratified_indices(
-    y: torch.Tensor, n: int | None, num_classes: int, g: torch.Generator, what: str
+    y: torch.Tensor,
+    n: int | None,
+    num_classes: int,
+    g: torch.Generator,
+    what: str,
+    has: str = "",
 ) -> torch.Tensor:
     total = len(y)
     if n is None:
         return torch.arange(total)
     n = int(n)
-    if not 0 < n <= total:
+    if n > total:
+        raise ValueError(
+            f"{what}={n} asks for more images than there are: {has or f'the split has {total}'}."
+            f" Ask for at most {total} ({what}={total}, e.g. --set {what}={total}) or for all "
+            f"of them ({what}=None, --set {what}=null)"
+        )
+    if n < 1:
         raise ValueError(f"{what}={n} must be in [1, {total}] (the split has {total} images)")
     take = stratified_counts(torch.bincount(y, minlength=num_classes), n)
     parts = []
@@ -313,14 +375,16 @@ def _stratified_indices(
 
 
 def load_data(
-    name: str,
+    name: str | None = None,
     *,
     source: str = "auto",
     root: str | os.PathLike = "data",
     folder: str | os.PathLike | None = None,
     download: bool = False,
+    image_size: int = DEFAULT_IMAGE_SIZE,
 ) -> ImageData:
-    """Read dataset ``name`` ("cifar10", "cifar100", "svhn"), through a uint8 cache.
+    """Read dataset ``name`` ("cifar10", "cifar100", "svhn") or an image folder of one's
+    own (``name`` None or any other name, with ``folder=``), through a uint8 cache.
 
     Sources:
 
@@ -334,6 +398,19 @@ def load_data(
       sorted class folder names, which must equal torchvision's class list.
     - ``"auto"``: ``"folder"`` if ``folder`` is given, else ``"torchvision"``.
 
+    Any other image folder (``name`` None: named by :func:`folder_name`, or a name that
+    is not a known dataset's) has the same layout (``PATH/train/<class>/*``,
+    ``PATH/test/<class>/*``, or one subfolder holding them, or an archive of either):
+    the classes are its sorted folder names (the same in train/ and test/), the images
+    may have any size and mode (L, P, RGBA, RGB, 16-bit, ...): each is converted to RGB
+    as torchvision's ``ImageFolder`` does (alpha dropped) and resized to ``image_size``
+    x ``image_size`` (PIL bilinear with antialiasing; the aspect ratio is not kept).
+    The per-channel mean and std of its training split (:func:`channel_stats`) are its
+    normalisation, stored in the cache and in ``provenance``; its default augmentation
+    flips horizontally (``RunConfig.hflip=False``, ``--set hflip=false``, for digits or
+    text). Decoding runs on all cores, with a progress bar on large folders
+    (``KD2M_PROGRESS=0`` turns it off).
+
     The first call decodes the images into ``<root>/cache/<name>-<source>-<key>.pt``
     (written atomically); ``key`` identifies the input (torchvision's file checksums, or
     the archive's sha256 / the folder's file listing), so changed inputs are re-decoded.
@@ -346,26 +423,52 @@ def load_data(
     looked for and how to provide them), ``ValueError`` on a bad name/source or a class
     list that does not match the dataset.
     """
+    if source not in ("auto", "torchvision", "folder"):
+        raise ValueError(f"unknown source {source!r}; expected 'auto', 'torchvision' or 'folder'")
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
+        raise ValueError(f"image_size={image_size!r}: expected a positive integer")
+    root = Path(root)
+    if name is None or (name not in DATASETS and folder is not None and source != "torchvision"):
+        if folder is None or source == "torchvision":
+            raise ValueError(
+                f"load_data(source={source!r}) needs a known dataset name {sorted(DATASETS)}"
+                f" or folder=PATH (source 'auto' or 'folder')"
+            )
+        return _load_image_folder(name or folder_name(folder), root, Path(folder), image_size)
     info = _info(name)
+    if image_size != DEFAULT_IMAGE_SIZE:
+        raise ValueError(
+            f"image_size={image_size}: {name}'s images are {DEFAULT_IMAGE_SIZE}x"
+            f"{DEFAULT_IMAGE_SIZE} and are not resized; image_size applies to image folders "
+            "of one's own"
+        )
     if source == "auto":
         source = "folder" if folder is not None else "torchvision"
-    root = Path(root)
     if source == "torchvision":
         if folder is not None:
             raise ValueError("folder= is only used with source='folder' (or 'auto')")
-        return _load_torchvision(info, root, download)
-    if source == "folder":
-        if folder is None:
-            raise ValueError("source='folder' needs folder= (an image-folder tree or archive)")
-        return _load_folder(info, root, Path(folder))
-    raise ValueError(f"unknown source {source!r}; expected 'auto', 'torchvision' or 'folder'")
+        return _official_stats(_load_torchvision(info, root, download))
+    if folder is None:
+        raise ValueError("source='folder' needs folder= (an image-folder tree or archive)")
+    return _official_stats(_load_folder(info, root, Path(folder)))
 
 
-def _from_cache(info: DatasetInfo, cache: Path, prov: dict) -> ImageData:
+def _official_stats(data: ImageData) -> ImageData:
+    """A known dataset is normalised with its official statistics: say so in provenance."""
+    data.provenance.update(mean=list(data.info.mean), std=list(data.info.std), stats="official")
+    return data
+
+
+def _from_cache(info: DatasetInfo | str, cache: Path, prov: dict) -> ImageData:
+    """Read a cache; ``info`` is a known dataset's, or the name of an image folder of one's
+    own (whose classes and statistics the cache holds)."""
     t0 = time.perf_counter()
     blob = torch.load(cache, map_location="cpu", weights_only=True)
-    if blob.get("format") != CACHE_FORMAT or blob.get("name") != info.name:
-        raise ValueError(f"{cache} is not a kd2m cache of {info.name} (format {CACHE_FORMAT})")
+    fmt = CACHE_FORMAT
+    if isinstance(info, str):
+        fmt, info = FOLDER_CACHE_FORMAT, _folder_info(info, blob)
+    if blob.get("format") != fmt or blob.get("name") != info.name:
+        raise ValueError(f"{cache} is not a kd2m cache of {info.name} (format {fmt})")
     prov = {
         **prov,
         **blob["provenance"],
@@ -394,11 +497,14 @@ def _write_cache(
     y_test: torch.Tensor,
     classes: Sequence[str],
     prov: dict,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    fmt: int = CACHE_FORMAT,
 ) -> None:
+    s = image_size
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1:] != (3, 32, 32):
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1:] != (3, s, s):
             raise ValueError(
-                f"{info.name} {split}: expected uint8 (N, 3, 32, 32), got "
+                f"{info.name} {split}: expected uint8 (N, 3, {s}, {s}), got "
                 f"{x.dtype} {tuple(x.shape)}"
             )
         if y.shape != (x.shape[0],) or int(y.min()) < 0 or int(y.max()) >= info.num_classes:
@@ -410,7 +516,7 @@ def _write_cache(
         "content_sha256": tensor_sha256(x_train, y_train, x_test, y_test),
     }
     blob = {
-        "format": CACHE_FORMAT,
+        "format": fmt,
         "name": info.name,
         "x_train": x_train.contiguous(),
         "y_train": y_train.to(torch.int64).contiguous(),
@@ -574,29 +680,80 @@ def _list_split(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
         sorted(
             p
             for p in (split_dir / c).iterdir()
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
         )
         for c in classes
     ]
     return classes, files
 
 
-def _decode(files: list[list[Path]]) -> tuple[torch.Tensor, torch.Tensor]:
-    from PIL import Image
+def _progress_on() -> bool:
+    return os.environ.get("KD2M_PROGRESS", "1") not in ("0", "false", "no")
 
-    n = sum(len(f) for f in files)
-    x = np.empty((n, 32, 32, 3), dtype=np.uint8)
-    y = np.empty(n, dtype=np.int64)
-    i = 0
-    for label, paths in enumerate(files):
-        for p in paths:
-            with Image.open(p) as im:
-                a = np.asarray(im.convert("RGB"))
-            if a.shape != (32, 32, 3):
-                raise ValueError(f"{p}: image of shape {a.shape}, expected 32x32 RGB")
-            x[i] = a
-            y[i] = label
-            i += 1
+
+#: Folders with at least this many images are decoded by a process pool, with a progress
+#: bar; below it, starting the workers costs more than it saves.
+PARALLEL_MIN_IMAGES = 2000
+DECODE_CHUNK = 256
+
+
+def _decode_pool(workers: int):
+    """A pool of ``workers``: forked processes on Linux (the children only run numpy and
+    PIL; forking spares them re-importing torch and the caller's ``__main__``), threads
+    elsewhere (PIL releases the GIL while decoding)."""
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    if sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods():
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    return ThreadPoolExecutor(workers)
+
+
+def _decode(
+    files: list[list[Path]],
+    size: int = DEFAULT_IMAGE_SIZE,
+    resize: bool = False,
+    desc: str = "decoding",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, size, size) uint8 and labels (N,) of ``files[label]``, in order.
+
+    Large folders (at least :data:`PARALLEL_MIN_IMAGES` images) are decoded in chunks by
+    ``os.cpu_count()`` workers (:func:`_decode_pool`), with a progress bar; small ones in
+    this process."""
+    from tqdm import tqdm
+
+    paths = [str(p) for fs in files for p in fs]
+    n = len(paths)
+    x = np.empty((n, size, size, 3), dtype=np.uint8)
+    y = np.repeat(np.arange(len(files), dtype=np.int64), [len(f) for f in files])
+    chunks = [(s, min(n, s + DECODE_CHUNK)) for s in range(0, n, DECODE_CHUNK)]
+    workers = min(os.cpu_count() or 1, len(chunks)) if n >= PARALLEL_MIN_IMAGES else 1
+
+    def put(s: int, e: int, raw: bytes) -> None:
+        x[s:e] = np.frombuffer(raw, np.uint8).reshape(e - s, size, size, 3)
+        bar.update(e - s)
+
+    with tqdm(
+        total=n,
+        desc=desc,
+        unit="img",
+        leave=False,
+        disable=not _progress_on() or n < PARALLEL_MIN_IMAGES,
+    ) as bar:
+        if workers <= 1:
+            for s, e in chunks:
+                put(s, e, read_chunk(paths[s:e], size, resize))
+        else:
+            with warnings.catch_warnings(), _decode_pool(workers) as pool:
+                # Python >= 3.12 warns on any fork of a process with threads (torch's)
+                warnings.filterwarnings("ignore", message=".*fork", category=DeprecationWarning)
+                jobs = [pool.submit(read_chunk, paths[s:e], size, resize) for s, e in chunks]
+                try:
+                    for (s, e), job in zip(chunks, jobs, strict=True):
+                        put(s, e, job.result())
+                except BaseException:
+                    for job in jobs:
+                        job.cancel()
+                    raise
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
 
 
@@ -667,6 +824,278 @@ def _load_folder(info: DatasetInfo, root: Path, folder: Path) -> ImageData:
     prov["decode_seconds"] = round(time.perf_counter() - t0, 3)
     _write_cache(info, cache, x_train, y_train, x_test, y_test, expected, prov)
     return _from_cache(info, cache, {})
+
+
+# ---- image folder of one's own
+
+
+_LAYOUT = (
+    "an image-folder tree PATH/train/<class>/*, PATH/test/<class>/* (or one subfolder "
+    "of PATH holding train/ and test/), or a .tar.gz archive of one"
+)
+
+
+def _folder_info(name: str, blob: dict) -> DatasetInfo:
+    """The :class:`DatasetInfo` of an image folder of one's own, from its cache blob."""
+    if blob.get("format") != FOLDER_CACHE_FORMAT or "mean" not in blob.get("provenance", {}):
+        raise ValueError(f"not a kd2m image-folder cache of {name} (format {FOLDER_CACHE_FORMAT})")
+    prov, classes = blob["provenance"], tuple(blob["classes"])
+    return DatasetInfo(
+        name=name,
+        num_classes=len(classes),
+        mean=tuple(prov["mean"]),
+        std=tuple(prov["std"]),
+        hflip=True,
+        torchvision_class="",
+        classes=classes,
+    )
+
+
+def _folder_classes(base: Path) -> tuple[list[str], list[list[Path]], list[list[Path]]]:
+    """Sorted class names (the same in train/ and test/) and each split's files."""
+    (train_classes, train_files), (test_classes, test_files) = (
+        _list_split(base / "train"),
+        _list_split(base / "test"),
+    )
+    if train_classes != test_classes:
+        raise ValueError(
+            f"the class folders of {base / 'train'} and {base / 'test'} differ (only in "
+            f"train/: {sorted(set(train_classes) - set(test_classes))[:10]}, only in test/: "
+            f"{sorted(set(test_classes) - set(train_classes))[:10]}); both need the same "
+            "class folders"
+        )
+    if len(train_classes) < 2:
+        raise ValueError(
+            f"{base / 'train'} has {len(train_classes)} class folder(s) "
+            f"{train_classes}; a classifier needs at least 2 (train/<class>/*)"
+        )
+    for split, files in (("train", train_files), ("test", test_files)):
+        empty = [c for c, f in zip(train_classes, files, strict=True) if not f]
+        if empty:
+            raise ValueError(
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {base / split} for classes "
+                f"{_abbrev(empty)}"
+            )
+    return train_classes, train_files, test_files
+
+
+def _load_image_folder(name: str, root: Path, folder: Path, image_size: int) -> ImageData:
+    """Any image-folder tree (or archive of one): classes = sorted folder names, images
+    converted to RGB and resized, statistics of the training split."""
+    if not folder.exists():
+        raise DataNotFoundError(
+            f"{name}: folder={str(folder)!r} does not exist (resolved: {folder.resolve()}). "
+            f"Expected {_LAYOUT}."
+        )
+    prov: dict = {"dataset": name, "source": "folder", "image_size": image_size}
+    ident = {"format": FOLDER_CACHE_FORMAT, "kind": "image-folder", "image_size": image_size}
+    if _is_archive(folder):
+        archive_sha = file_sha256(folder)
+        prov.update(archive=str(folder.resolve()), archive_sha256=archive_sha)
+        cache = root / "cache" / f"{name}-folder-{_short_key(ident | {'archive': archive_sha})}.pt"
+        tree = root / f"{name}-folder"
+        if cache.exists():  # no need to (re-)extract
+            return _from_cache(name, cache, prov)
+        t0 = time.perf_counter()
+        _extract_once(folder.resolve(), tree, archive_sha)
+        prov["extract_seconds"] = round(time.perf_counter() - t0, 3)
+        cache_of_listing = False
+    elif folder.is_dir():
+        tree, cache_of_listing = folder, True
+    else:
+        raise ValueError(
+            f"folder={str(folder)!r} is neither a directory nor an archive "
+            f"({', '.join(ARCHIVE_SUFFIXES)})"
+        )
+    base = _layout_root(tree)
+    if base is None:
+        raise DataNotFoundError(
+            f"{name}: no train/ and test/ folders in {tree.resolve()} (nor in a single "
+            f"subfolder of it). Expected {_LAYOUT}."
+        )
+    prov["path"] = str(base.resolve())
+    t0 = time.perf_counter()
+    classes, train_files, test_files = _folder_classes(base)
+    if cache_of_listing:  # a directory: key on its listing (names, sizes, mtimes)
+        listing = [
+            [str(p.relative_to(base)), st.st_size, st.st_mtime_ns]
+            for p in (q for fs in train_files + test_files for q in fs)
+            for st in (p.stat(),)
+        ]
+        key = _short_key(ident | {"path": str(base.resolve()), "listing": listing})
+        cache = root / "cache" / f"{name}-folder-{key}.pt"
+        if cache.exists():
+            return _from_cache(name, cache, prov)
+    # both splits in one pass (one pool, one progress bar); labels: class index = i % K
+    x, y = _decode(train_files + test_files, image_size, resize=True, desc=f"decoding {name}")
+    n_train, k = sum(len(f) for f in train_files), len(classes)
+    x_train, y_train, x_test, y_test = x[:n_train], y[:n_train] % k, x[n_train:], y[n_train:] % k
+    prov["decode_seconds"] = round(time.perf_counter() - t0, 3)
+    mean, std = channel_stats(x_train)
+    # a channel constant over the whole training split (std 0) is left unscaled
+    std = tuple(v if v > 0 else 1.0 for v in std)
+    prov.update(mean=list(mean), std=list(std), stats="train split")
+    info = DatasetInfo(
+        name=name,
+        num_classes=len(classes),
+        mean=mean,
+        std=std,
+        hflip=True,
+        torchvision_class="",
+        classes=tuple(classes),
+    )
+    _write_cache(
+        info,
+        cache,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        classes,
+        prov,
+        image_size=image_size,
+        fmt=FOLDER_CACHE_FORMAT,
+    )
+    return _from_cache(name, cache, {})
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a dataset's images come from, as :func:`resolve_source` decided.
+
+    ``source``, ``folder`` and ``download`` are the arguments of :func:`load_data` and
+    :func:`kd2m.runs.run` (:meth:`args`); ``description`` says in one sentence which data
+    is used (the notebooks print it)."""
+
+    dataset: str
+    source: str
+    folder: str | None
+    download: bool
+    description: str
+
+    def args(self) -> dict:
+        return {"source": self.source, "folder": self.folder, "download": self.download}
+
+
+def _download_flag(download) -> str:
+    if download is True or download is False:
+        return {True: "true", False: "false"}[download]
+    if isinstance(download, str) and download.lower() in ("auto", "true", "false"):
+        return download.lower()
+    raise ValueError(f"download={download!r}: expected 'auto', True or False")
+
+
+def _torchvision_present(info: DatasetInfo, root: Path) -> bool:
+    """The decoded cache of torchvision's files, or the files themselves, are under root."""
+    import torchvision.datasets as tvd
+
+    key = _short_key(
+        {"format": CACHE_FORMAT, "cls": info.torchvision_class, "files": _torchvision_files(info)}
+    )
+    if (root / "cache" / f"{info.name}-torchvision-{key}.pt").exists():
+        return True
+    base = root / info.name / getattr(getattr(tvd, info.torchvision_class), "base_folder", "")
+    return all((base / f).is_file() for f, _ in _torchvision_files(info))
+
+
+def resolve_source(
+    dataset: str,
+    folder: str | os.PathLike | None = None,
+    download: bool | str = "auto",
+    root: str | os.PathLike | None = None,
+) -> DataSource:
+    """Which copy of ``dataset`` to read, in this order:
+
+    1. ``folder`` (an image-folder tree or archive, e.g. the offline CIFAR-10 copy) when it
+       exists;
+    2. torchvision's official files already under ``<root>/<dataset>/`` (or their cache);
+    3. with ``download`` "auto" or True: torchvision's download, done here, once, into
+       ``<root>/<dataset>/`` (and decoded into the cache).
+
+    Otherwise (``download=False``, or the download failed: no network) it raises ONE
+    :class:`DataNotFoundError` that names both ways out: put the copy at ``folder``, or
+    allow the download. ``root`` defaults to :func:`kd2m.runs.data_root` (where
+    :func:`kd2m.runs.run` reads). A dataset of one's own (not in :data:`DATASETS`) has
+    only its folder.
+    """
+    flag = _download_flag(download)
+    if root is None:
+        from kd2m.runs import data_root
+
+        root = data_root()
+    root = Path(root)
+    if folder is not None and Path(folder).exists():
+        return DataSource(
+            dataset,
+            "folder",
+            str(folder),
+            False,
+            f"{dataset}: the image-folder copy {Path(folder).resolve()}",
+        )
+    if dataset not in DATASETS:
+        if folder is None:
+            _info(dataset)  # raises: unknown dataset, pass folder=
+        raise DataNotFoundError(
+            f"{dataset}: folder={str(folder)!r} does not exist (resolved: "
+            f"{Path(folder).resolve()}). Expected {_LAYOUT}."
+        )
+    info = DATASETS[dataset]
+    where = (root / dataset).resolve()
+    if _torchvision_present(info, root):
+        return DataSource(
+            dataset,
+            "torchvision",
+            None,
+            False,
+            f"{dataset}: torchvision's official files in {where}",
+        )
+    failure = ""
+    if flag != "false":
+        try:
+            load_data(dataset, source="torchvision", root=root, download=True)
+        except DataNotFoundError as e:
+            failure = f" Downloading them failed: {e.__cause__ or e!s}."
+        else:
+            return DataSource(
+                dataset,
+                "torchvision",
+                None,
+                False,
+                f"{dataset}: torchvision's official files, downloaded now into {where}",
+            )
+    raise DataNotFoundError(_no_data_message(dataset, folder, where, flag != "false", failure))
+
+
+def _no_data_message(
+    dataset: str, folder, where: Path, download_allowed: bool, failure: str
+) -> str:
+    """The one message of :func:`resolve_source` when there is no data: both ways out."""
+    copy = (
+        f"the copy at {Path(folder).resolve()} is absent"
+        if folder is not None
+        else "no offline copy was named"
+    )
+    put = (
+        f"put the copy at {Path(folder).resolve()} ({_LAYOUT})"
+        if folder is not None
+        else f"name an offline copy ({_LAYOUT}): folders={{{dataset!r}: PATH}} in the book's "
+        "parameters, --folder PATH on the command line, folder=PATH in the API"
+    )
+    allow = (
+        "check the network and run again (torchvision fetches the official files once)"
+        if download_allowed
+        else 'allow the download: download: auto in book/params/*.yaml (download="auto" in '
+        "the notebooks' parameters), --download on the command line, download=True in the "
+        "API (needs internet, once)"
+    )
+    return (
+        f"{dataset}: no data. {copy[0].upper() + copy[1:]} and torchvision's official files "
+        f"are not in {where}.{failure} Two ways out: (1) {put}; or (2) {allow}; torchvision "
+        f"then stores them in {where}."
+    )
 
 
 # --------------------------------------------------------------------------- Loader

@@ -12,7 +12,8 @@
 
 from __future__ import annotations
 
-from kd2m.runs import RunConfig
+from kd2m.data import DATASETS, DEFAULT_IMAGE_SIZE, folder_name, load_data
+from kd2m.runs import RunConfig, data_root
 
 __all__ = ["PROFILES", "teacher_config", "student_config", "teacher_overrides"]
 
@@ -62,9 +63,10 @@ _SHARED = (
     "pretrained",
 )
 # Overrides of a student that its default teacher follows too (the data it sees and the
-# optimisation, e.g. {"epochs": 1} for a dry run): the shared values and the flip; the
-# architecture, metric, lambda and seed stay the student's own.
-TEACHER_FOLLOWS = (*_SHARED, "hflip")
+# optimisation, e.g. {"epochs": 1} for a dry run): the shared values, the flip, and the
+# input size and images of a folder of one's own; the architecture, metric, lambda and seed
+# stay the student's own.
+TEACHER_FOLLOWS = (*_SHARED, "hflip", "image_size", "data_sha256")
 
 
 def teacher_overrides(overrides: dict | None) -> dict:
@@ -85,20 +87,55 @@ def _check_overrides(overrides: dict) -> None:
         raise ValueError(f"unknown override(s) {unknown}; RunConfig fields are {sorted(fields)}")
 
 
+def folder_fields(
+    dataset: str | None, folder, image_size: int = DEFAULT_IMAGE_SIZE, root=None
+) -> dict:
+    """``dataset``, ``source`` and ``data_sha256`` of an image folder of one's own (read
+    once through the cache: :func:`kd2m.data.load_data`). ``dataset`` None names it after
+    the folder (:func:`kd2m.data.folder_name`). ``root`` defaults to
+    :func:`kd2m.runs.data_root`."""
+    name = dataset or folder_name(folder)
+    data = load_data(
+        name,
+        source="folder",
+        folder=folder,
+        image_size=image_size,
+        root=data_root() if root is None else root,
+    )
+    return {"dataset": name, "source": "folder", "data_sha256": data.provenance["content_sha256"]}
+
+
+def _data_fields(dataset: str | None, source: str, folder, overrides: dict) -> dict:
+    if folder is not None and (dataset is None or dataset not in DATASETS):
+        return folder_fields(dataset, folder, overrides.get("image_size", DEFAULT_IMAGE_SIZE))
+    if dataset is None:
+        raise ValueError("dataset=None needs folder=PATH (an image folder of one's own)")
+    return {"dataset": dataset, "source": source}
+
+
 def teacher_config(
-    profile: str, dataset: str, *, source: str = "torchvision", **overrides
+    profile: str,
+    dataset: str | None = None,
+    *,
+    source: str = "torchvision",
+    folder=None,
+    **overrides,
 ) -> RunConfig:
-    """The teacher of ``profile`` on ``dataset`` (``overrides`` replace RunConfig fields)."""
+    """The teacher of ``profile`` on ``dataset`` (``overrides`` replace RunConfig fields).
+
+    With ``folder=`` and ``dataset`` None (or not a known dataset's name): the image folder
+    of one's own at ``folder`` (:func:`folder_fields`; pass the same ``folder=`` to
+    :func:`kd2m.runs.run`)."""
     p = _profile(profile)
     _check_overrides(overrides)
     kw = {k: p[k] for k in _SHARED} | p["teacher"] | {"seed": p["seed"]}
-    kw |= {"role": "teacher", "dataset": dataset, "source": source} | overrides
+    kw |= {"role": "teacher"} | _data_fields(dataset, source, folder, overrides) | overrides
     return RunConfig(**kw)
 
 
 def student_config(
     profile: str,
-    dataset: str,
+    dataset: str | None = None,
     metric: str | None = None,
     *,
     lam: float | None = None,
@@ -106,6 +143,7 @@ def student_config(
     source: str = "torchvision",
     teacher: RunConfig | None = None,
     teacher_changes: dict | None = None,
+    folder=None,
     **overrides,
 ) -> RunConfig:
     """A student of ``profile``: the baseline when ``metric`` is None, KD2M otherwise.
@@ -113,23 +151,24 @@ def student_config(
     ``lam`` defaults to the profile's lambda when a metric is given and to 0 without one.
     The teacher defaults to :func:`teacher_config` of the same profile and data, with the
     overrides it follows (:data:`TEACHER_FOLLOWS`) and then ``teacher_changes``.
+    ``folder=``: as in :func:`teacher_config`.
     """
     p = _profile(profile)
     _check_overrides(overrides)
     if lam is None:
         lam = p["lam"] if metric is not None else 0.0
+    data = _data_fields(dataset, source, folder, overrides)
     if teacher is None:
+        extra = {k: v for k, v in data.items() if k not in ("dataset", "source")}
         teacher = teacher_config(
             profile,
-            dataset,
-            source=source,
-            **(teacher_overrides(overrides) | (teacher_changes or {})),
+            data["dataset"],
+            source=data["source"],
+            **(extra | teacher_overrides(overrides) | (teacher_changes or {})),
         )
     kw = {k: p[k] for k in _SHARED} | p["student"]
-    kw |= {
+    kw |= data | {
         "role": "student",
-        "dataset": dataset,
-        "source": source,
         "metric": metric,
         "lam": float(lam),
         "seed": p["seed"] if seed is None else seed,

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from kd2m._io import atomic_json, atomic_torch_save
-from kd2m.data import ImageData, Loader, load_data
+from kd2m.data import DATASETS, DEFAULT_IMAGE_SIZE, ImageData, Loader, load_data
 from kd2m.metrics import METRICS, get_metric, wasserstein
 from kd2m.models import KD2MNet, build_model, make_projector
 from kd2m.train import Distiller, evaluate, fit, resolve_device
@@ -52,6 +52,9 @@ RECORD_FORMAT = 1
 ROLES = ("teacher", "student")
 SOURCES = ("torchvision", "folder")
 MONITOR_SIZE = 1000  # class-balanced test images whose features are kept each epoch
+# Fields added after records were first stored: left out of the hash at their default,
+# so that the runs made before them keep their names.
+_HASH_OMITS_DEFAULT = {"image_size": DEFAULT_IMAGE_SIZE, "data_sha256": None}
 
 
 def data_root() -> Path:
@@ -72,6 +75,13 @@ class RunConfig:
 
     Where the data files lie (``folder``), the device and progress bars are not part of
     it; they are arguments of :func:`run`, and the record stores them as provenance.
+
+    ``dataset`` is a known dataset (cifar10, cifar100, svhn) or the name of an image
+    folder of one's own (``source="folder"``); the latter's identity is ``data_sha256``,
+    the content hash of its images (``ImageData.provenance["content_sha256"]``, which
+    :func:`kd2m.profiles.teacher_config` with ``folder=`` fills in), checked when the run
+    reads the folder. ``image_size`` is the networks' input size (a folder's images are
+    resized to it; the known datasets are 32x32).
     """
 
     role: str = "student"
@@ -95,6 +105,8 @@ class RunConfig:
     lr_min: float = 1e-4
     seed: int = 42
     teacher: RunConfig | None = None
+    image_size: int = DEFAULT_IMAGE_SIZE
+    data_sha256: str | None = None
 
     def __post_init__(self):
         def bad(name, expected):
@@ -104,6 +116,29 @@ class RunConfig:
             bad("role", f"one of {ROLES}")
         if self.source not in SOURCES:
             bad("source", f"one of {SOURCES}")
+        if not isinstance(self.image_size, int) or self.image_size < 1:
+            bad("image_size", "a positive integer")
+        if self.dataset in DATASETS:
+            if self.image_size != DEFAULT_IMAGE_SIZE:
+                bad(
+                    "image_size",
+                    f"{DEFAULT_IMAGE_SIZE} for {self.dataset} (image_size "
+                    "resizes the images of a folder of one's own)",
+                )
+        else:
+            if self.source != "folder":
+                bad(
+                    "dataset",
+                    f"one of {sorted(DATASETS)}, or the name of an image folder "
+                    "with source='folder'",
+                )
+            if not isinstance(self.data_sha256, str) or not self.data_sha256:
+                bad(
+                    "data_sha256",
+                    f"the content hash of the folder's images for dataset "
+                    f"{self.dataset!r} (kd2m.profiles.teacher_config(profile, folder=PATH) "
+                    "sets it)",
+                )
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad(name, "a positive integer")
@@ -143,7 +178,7 @@ class RunConfig:
             if self.teacher is not None:
                 if not isinstance(self.teacher, RunConfig) or self.teacher.role != "teacher":
                     bad("teacher", "a RunConfig with role='teacher'")
-                for name in ("dataset", "source", "n_train", "n_test"):
+                for name in ("dataset", "source", "n_train", "n_test", "image_size", "data_sha256"):
                     if getattr(self.teacher, name) != getattr(self, name):
                         raise ValueError(
                             f"teacher.{name}={getattr(self.teacher, name)!r} differs from the "
@@ -171,7 +206,7 @@ class RunConfig:
 
     @property
     def hash(self) -> str:
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        text = json.dumps(_identity(self.to_dict()), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property
@@ -183,6 +218,17 @@ class RunConfig:
         else:
             kind = f"{self.metric}-lam{self.lam:g}"
         return f"{self.dataset}-{self.arch}-{kind}-s{self.seed}"
+
+
+def _identity(d: dict) -> dict:
+    """The hashed form of a config dict: fields of :data:`_HASH_OMITS_DEFAULT` at their
+    default are left out (also in the teacher)."""
+    out = {
+        k: v for k, v in d.items() if not (k in _HASH_OMITS_DEFAULT and v == _HASH_OMITS_DEFAULT[k])
+    }
+    if isinstance(out.get("teacher"), dict):
+        out["teacher"] = _identity(out["teacher"])
+    return out
 
 
 def run_dir(cfg: RunConfig, root: Path | str | None = None) -> Path:
@@ -255,7 +301,21 @@ def _environment(device: torch.device) -> dict:
 
 
 def _load_data(cfg: RunConfig, root: Path, folder, download: bool):
-    data = load_data(cfg.dataset, source=cfg.source, root=root, folder=folder, download=download)
+    data = load_data(
+        cfg.dataset,
+        source=cfg.source,
+        root=root,
+        folder=folder,
+        download=download,
+        image_size=cfg.image_size,
+    )
+    found = data.provenance.get("content_sha256")
+    if cfg.data_sha256 is not None and found != cfg.data_sha256:
+        raise ValueError(
+            f"folder={str(folder)!r} holds other images than run {cfg.name} was configured "
+            f"for (content sha256 {found} instead of data_sha256={cfg.data_sha256}); build the "
+            "config again from this folder (teacher_config / student_config with folder=)"
+        )
     if cfg.n_train is not None or cfg.n_test is not None:
         data = data.subset(cfg.n_train, cfg.n_test, seed=0)
     return data

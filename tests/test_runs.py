@@ -192,6 +192,8 @@ def test_cli_train_and_list(root, folder, capsys, monkeypatch):
         "teacher",
         "--profile",
         "cpu",
+        "--dataset",
+        "cifar10",
         "--folder",
         str(folder),
         "--no-progress",
@@ -235,6 +237,8 @@ def test_cli_option_parsing_and_early_errors(root, capsys):
         "joint_wasserstein",
         "--option",
         "beta=-1",
+        "--dataset",
+        "cifar10",
         "--folder",
         str(root / "no-such-folder"),
         "--device",
@@ -274,7 +278,8 @@ def test_cli_column_trains_the_teacher_then_launches_every_student(
     monkeypatch.setenv("KD2M_DATA", str(root))
     monkeypatch.setattr(subprocess, "Popen", popen)
     sets = ["epochs=1", "width=4", "n_train=null", "n_test=null", "batch_size=32"]
-    args = ["column", "--folder", str(folder), "--device", "cpu", "--no-progress"]
+    args = ["column", "--dataset", "cifar10", "--folder", str(folder), "--device", "cpu"]
+    args += ["--no-progress"]
     args += ["--parallel", "2"] + [a for s in sets for a in ("--set", s)]
     assert main(args) == 1  # one student failed: the command says so
     assert "cifar10-resnet20-teacher" in capsys.readouterr().out  # trained (or loaded) first

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
+from kd2m.data import DATASETS, DEFAULT_IMAGE_SIZE, resolve_source
 from kd2m.metrics import TABLE1_METRICS
-from kd2m.profiles import student_config, teacher_config, teacher_overrides
+from kd2m.profiles import folder_fields, student_config, teacher_config, teacher_overrides
 from kd2m.runs import RunConfig, load_monitor, load_records, run
 
 __all__ = [
     "data_args",
+    "data_sources",
+    "other_data",
     "student_configs",
     "table1_configs",
     "table1_runs",
@@ -28,13 +31,55 @@ __all__ = [
 ]
 
 
-def data_args(dataset: str, folders: dict | None, download: bool = False) -> dict:
-    """``source`` / ``folder`` / ``download`` for ``dataset``: the image folder (or archive)
-    named in ``folders`` when it exists, else torchvision's official files."""
-    folder = (folders or {}).get(dataset)
-    if folder is not None and Path(folder).exists():
-        return {"source": "folder", "folder": str(folder), "download": False}
-    return {"source": "torchvision", "folder": None, "download": download}
+def data_args(dataset: str, folders: dict | None, download: bool | str = "auto") -> dict:
+    """``source`` / ``folder`` / ``download`` for ``dataset`` and a one-sentence
+    ``description`` of the data used (:func:`kd2m.data.resolve_source`): the image folder
+    (or archive) named in ``folders`` when it exists, else torchvision's official files in
+    ``data/``, downloaded there first when ``download`` is "auto" or True. Without either,
+    one :class:`kd2m.data.DataNotFoundError` names both ways out."""
+    src = resolve_source(dataset, (folders or {}).get(dataset), download)
+    return src.args() | {"description": src.description}
+
+
+def data_sources(datasets: list[str], folders: dict | None, download: bool | str = "auto") -> str:
+    """One line per dataset: which data the chapter uses (see :func:`data_args`)."""
+    return "\n".join(data_args(ds, folders, download)["description"] for ds in datasets)
+
+
+def _data_label(rec: dict) -> str:
+    d = rec.get("data", {})
+    where = d.get("archive") or d.get("path") or "?"
+    return f"{d.get('source', '?')} {where} (content sha256 {str(d.get('content_sha256'))[:12]})"
+
+
+def other_data(record: dict, reference: dict) -> str | None:
+    """None when ``record`` was trained on exactly the images ``reference`` was (the same
+    ``content_sha256`` of the data it saw, subset included); otherwise one sentence saying
+    that the reference numbers belong to another copy of the data, naming both."""
+    a = record.get("data", {}).get("content_sha256")
+    b = reference.get("data", {}).get("content_sha256")
+    if a is not None and a == b:
+        return None
+    return (
+        f"the reference numbers were made from other data ({_data_label(reference)}) "
+        f"than this run's ({_data_label(record)}): they are not expected to match"
+    )
+
+
+def _folder_of(dataset: str, args: dict) -> dict:
+    """``folder=`` for the config builders when ``dataset`` is an image folder of one's own
+    (its configs carry the content hash of its images)."""
+    return {"folder": args["folder"]} if dataset not in DATASETS else {}
+
+
+def _with_data_hash(dataset: str, folder, overrides: dict | None) -> dict:
+    """``overrides`` plus the ``data_sha256`` of an image folder of one's own (read once
+    for all the configs of a chapter); unchanged for the known datasets."""
+    overrides = dict(overrides or {})
+    if folder is not None and dataset not in DATASETS and "data_sha256" not in overrides:
+        fields = folder_fields(dataset, folder, overrides.get("image_size", DEFAULT_IMAGE_SIZE))
+        overrides["data_sha256"] = fields["data_sha256"]
+    return overrides
 
 
 def student_configs(
@@ -47,12 +92,14 @@ def student_configs(
     overrides: dict | None = None,
     lam: float | None = None,
     teacher: RunConfig | None = None,
+    folder=None,
 ) -> dict[str, RunConfig]:
     """``{"baseline": cfg, metric: cfg, ...}``: the student baseline (``lambda = 0``) and one
     KD2M student per metric (``lam``: the profile's by default), as
     :func:`kd2m.profiles.student_config` builds them, so every chapter asks the run store for
-    the same configs. The one place where the book builds students."""
-    ov = dict(overrides or {})
+    the same configs. The one place where the book builds students. ``folder``: the image
+    folder of a dataset of one's own (read once for the content hash of its configs)."""
+    ov = _with_data_hash(dataset, folder, overrides)
     out = {
         "baseline": student_config(
             profile, dataset, None, seed=seed, source=source, teacher=teacher, **ov
@@ -73,13 +120,15 @@ def table1_configs(
     *,
     source: str,
     overrides: dict | None = None,
+    folder=None,
 ) -> dict[str, list[RunConfig]]:
     """``{"teacher": [...], "baseline": [...], "E1": [...], ...}``: one config per seed (the
     teacher is trained once, with the profile's seed, and shared by every student)."""
     unknown = [r for r in rows if r not in TABLE1_METRICS]
     if unknown:
         raise ValueError(f"rows={unknown}: expected Table 1 rows among {sorted(TABLE1_METRICS)}")
-    teacher = teacher_config(profile, dataset, source=source, **teacher_overrides(overrides or {}))
+    overrides = _with_data_hash(dataset, folder, overrides)
+    teacher = teacher_config(profile, dataset, source=source, **teacher_overrides(overrides))
     per_seed = [
         student_configs(
             profile,
@@ -105,7 +154,7 @@ def table1_runs(
     seeds: list[int],
     *,
     folders: dict | None = None,
-    download: bool = False,
+    download: bool | str = "auto",
     device: str = "auto",
     overrides: dict | None = None,
     progress: bool | None = None,
@@ -114,7 +163,15 @@ def table1_runs(
     records: dict[str, dict[str, list[dict]]] = {}
     for ds in datasets:
         args = data_args(ds, folders, download)
-        cfgs = table1_configs(profile, ds, rows, seeds, source=args["source"], overrides=overrides)
+        cfgs = table1_configs(
+            profile,
+            ds,
+            rows,
+            seeds,
+            source=args["source"],
+            overrides=overrides,
+            **_folder_of(ds, args),
+        )
         for row, row_cfgs in cfgs.items():
             records.setdefault(row, {})[ds] = [
                 run(
@@ -138,9 +195,11 @@ def sweep_configs(
     *,
     source: str,
     overrides: dict | None = None,
+    folder=None,
 ) -> dict[float, RunConfig]:
     """One student per lambda; lambda = 0 keeps the metric, so its distance is recorded
     (without gradient) for Fig. 2."""
+    overrides = _with_data_hash(dataset, folder, overrides)
     return {
         float(lam): student_configs(
             profile,
@@ -163,7 +222,7 @@ def sweep_runs(
     seed: int,
     *,
     folders: dict | None = None,
-    download: bool = False,
+    download: bool | str = "auto",
     device: str = "auto",
     overrides: dict | None = None,
     progress: bool | None = None,
@@ -171,7 +230,14 @@ def sweep_runs(
     """Records of the lambda sweep of Fig. 2, trained or loaded."""
     args = data_args(dataset, folders, download)
     cfgs = sweep_configs(
-        profile, dataset, metric, lambdas, seed, source=args["source"], overrides=overrides
+        profile,
+        dataset,
+        metric,
+        lambdas,
+        seed,
+        source=args["source"],
+        overrides=overrides,
+        **_folder_of(dataset, args),
     )
     return {
         lam: run(
