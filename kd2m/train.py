@@ -82,8 +82,9 @@ class Distiller:
         # validate=False: no host synchronisation for the NaN check on every step; a
         # non-finite loss is caught at the end of the epoch (train_epoch).
         extra = {"validate": False}
-        if getattr(self.metric, "options", {}).get("label_cost") == "ce":
-            extra["ps"] = logits_s.float().softmax(1)  # JDOT: the student's predictions
+        if getattr(self.metric, "uses_predictions", False):  # E3: each network's predictions
+            extra["ps"] = logits_s.float().softmax(1)
+            extra["pt"] = logits_t.float().softmax(1)
         if self.lam == 0:
             with torch.no_grad():
                 return self.metric(zs.detach().float(), zt.float(), y, **extra)

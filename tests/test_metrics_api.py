@@ -105,7 +105,9 @@ def test_bad_scalar_options():
 
 def test_bad_choices_and_unknown_options():
     zs, zt, y = ok()
-    with pytest.raises(ValueError, match=r"label_cost must be one of 'onehot', 'ce'; got 'l2'"):
+    with pytest.raises(
+        ValueError, match=r"label_cost must be one of 'sqeuclidean', 'onehot', 'ce'; got 'l2'"
+    ):
         M.joint_wasserstein(zs, zt, y, label_cost="l2")
     with pytest.raises(ValueError, match=r"kernel must be one of.*got 'laplace'"):
         M.mmd(zs, zt, kernel="laplace")
@@ -138,8 +140,12 @@ def test_joint_ce_inputs():
         M.joint_wasserstein(zs, zt, y, label_cost="ce", ps=torch.softmax(torch.randn(8, 2), 1))
     with pytest.raises(ValueError, match=r"pt must have K=3 columns"):
         M.joint_wasserstein(zs, zt, y, label_cost="ce", ps=ps, pt=torch.full((8, 4), 0.25))
-    with pytest.raises(ValueError, match=r"ps and pt are only used with label_cost='ce'"):
-        M.joint_wasserstein(zs, zt, y, ps=ps)
+    with pytest.raises(ValueError, match=r"label_cost='onehot' uses the ground truth y"):
+        M.joint_wasserstein(zs, zt, y, label_cost="onehot", ps=ps)
+    with pytest.raises(ValueError, match=r"pt must hold probabilities.*not logits"):
+        M.joint_wasserstein(zs, zt, y, pt=torch.randn(8, 3))
+    with pytest.raises(ValueError, match=r"y must hold class indices in \[0, 2\) \(K = pt"):
+        M.joint_wasserstein(zs, zt, y, pt=torch.softmax(torch.randn(8, 2), 1))
 
 
 def test_bad_weights():
@@ -150,6 +156,83 @@ def test_bad_weights():
         M.wasserstein(zs, zt, b=np.full(7, 1 / 7))
     with pytest.raises(ValueError, match=r"a must hold finite nonnegative weights"):
         M.wasserstein(zs, zt, a=np.array([-0.5, 1.5] + [0.0] * 6))
+
+
+@pytest.mark.parametrize("name", LABELLED)
+def test_labels_on_another_device(name):
+    """Labels on another device than the features: a ValueError naming both devices (issue 10
+    case 10). The meta device stands in for a GPU on a CPU-only machine."""
+    zs, zt, y = ok()
+    with pytest.raises(ValueError, match=r"y is on device meta but the features are on cpu"):
+        FEATURE_FNS[name](zs, zt, y.to("meta"))
+
+
+def test_probabilities_on_another_device():
+    zs, zt, y = ok()
+    ps = torch.softmax(torch.randn(8, 3), 1)
+    with pytest.raises(ValueError, match=r"ps is on device meta but the features are on cpu"):
+        M.joint_wasserstein(zs, zt, y, ps=ps.to("meta"))
+    with pytest.raises(ValueError, match=r"pt is on device meta but the features are on cpu"):
+        M.joint_wasserstein(zs, zt, y, ps=ps, pt=ps.to("meta"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", LABELLED)
+def test_labels_on_cpu_features_on_cuda(name):
+    zs, zt, y = ok()
+    with pytest.raises(ValueError, match=r"y is on device cpu but the features are on cuda:0"):
+        FEATURE_FNS[name](zs.cuda(), zt.cuda(), y)
+
+
+# Finite inputs of magnitude 1e30 (representable in float32) for which a metric overflowed
+# (issue 10 case 10): inf/NaN was returned silently, or a raw LinAlgError was raised.
+HUGE = {
+    "wasserstein": lambda s, t, y, **k: M.wasserstein(s, t, **k),
+    "class_wasserstein": lambda s, t, y, **k: M.class_conditional_wasserstein(s, t, y, **k),
+    "joint_wasserstein": lambda s, t, y, **k: M.joint_wasserstein(s, t, y, **k),
+    "mmd": lambda s, t, y, **k: M.mmd(s, t, **k),
+    "gaussian_kl_diag": lambda s, t, y, **k: M.gaussian_kl(s, t, diagonal=True, **k),
+}
+LINALG = {
+    "gaussian_wasserstein": lambda s, t, y, **k: M.gaussian_wasserstein(s, t, **k),
+    "class_gaussian": lambda s, t, y, **k: M.class_conditional_gaussian(s, t, y, **k),
+}
+
+
+def huge(n=32, d=16):
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(n, d, generator=g) * 1e30, torch.randn(n, d, generator=g) * 1e30
+    return zs, zt, torch.arange(n) % 4
+
+
+@pytest.mark.parametrize("name", sorted(HUGE))
+def test_non_finite_result_raises_with_validate(name):
+    zs, zt, y = huge()
+    with pytest.raises(
+        ValueError,
+        match=r"returned .* \(not finite\) on float32 inputs of largest magnitude .*e\+30: "
+        r"the computation overflowed in torch.float32; rescale the features .* or pass float64",
+    ):
+        HUGE[name](zs, zt, y)
+    assert not torch.isfinite(HUGE[name](zs, zt, y, validate=False))  # no check, no cost
+    assert torch.isfinite(HUGE[name](zs.double(), zt.double(), y))  # the way out offered
+
+
+@pytest.mark.parametrize("name", sorted(LINALG))
+def test_failed_factorisation_raises_value_error(name):
+    zs, zt, y = huge()
+    for validate in (True, False):
+        with pytest.raises(ValueError, match=r"a matrix factorisation failed .* largest magnitude "
+                           r".*e\+30; the features are beyond the range .* rescale them"):
+            LINALG[name](zs, zt, y, validate=validate)
+
+
+def test_mmd_polynomial_is_scale_free_even_at_1e30():
+    """Row normalisation no longer overflows (it returned 0 at 1e30 in float32)."""
+    zs, zt, _ = huge()
+    small = M.mmd(zs / 1e30, zt / 1e30, kernel="polynomial")
+    assert float(small) > 1e-3
+    torch.testing.assert_close(M.mmd(zs, zt, kernel="polynomial"), small)
 
 
 def test_validate_false_skips_only_the_finite_check():

@@ -20,7 +20,7 @@ __all__ = ["METRICS", "TABLE1_METRICS", "Metric", "get_metric"]
 METRICS: dict[str, str] = {
     "wasserstein": "(E) exact squared 2-Wasserstein between empirical feature measures, eq. (3)",
     "class_wasserstein": "(E) class-conditional squared 2-Wasserstein, mean over classes, eq. (4)",
-    "joint_wasserstein": "(E) joint (feature, label) squared 2-Wasserstein, eq. (5)",
+    "joint_wasserstein": "(E) joint (feature, predicted label) squared 2-Wasserstein, eq. (5)",
     "gaussian_wasserstein": "(G) squared Bures-Wasserstein between Gaussian fits, eq. (6)",
     "gaussian_kl": "(G) KL(student || teacher) between shrunk Gaussian fits, eq. (7)",
     "class_gaussian": "(G) class-conditional Gaussian (eq. 6 by default, or eq. 7), class mean",
@@ -58,7 +58,7 @@ _SPECS = {
 
 _VALIDATORS = {
     "beta": lambda v: check_nonnegative(v, "beta", allow_none=True),
-    "label_cost": lambda v: check_choice(v, "label_cost", ("onehot", "ce")),
+    "label_cost": lambda v: check_choice(v, "label_cost", ("sqeuclidean", "onehot", "ce")),
     "diagonal": lambda v: _check_bool(v, "diagonal"),
     "shrinkage": _check_shrinkage,
     "eps": lambda v: check_nonnegative(v, "eps"),
@@ -75,9 +75,10 @@ class Metric:
     ``name`` is the registry name, ``inputs`` is ``"features"`` (pooled
     features of student and teacher) or ``"logits"`` (``hinton``: the trainer
     passes the logits in place of the features). ``y`` is ignored by the
-    metrics that do not use labels. ``extra`` keywords are forwarded (e.g.
-    ``ps=softmax(student logits)`` for ``joint_wasserstein`` with
-    ``label_cost="ce"``).
+    metrics that do not use labels. ``extra`` keywords are forwarded: when
+    ``uses_predictions`` is true (``joint_wasserstein`` unless
+    ``label_cost="onehot"``) the trainer passes ``ps=softmax(student logits)``
+    and ``pt=softmax(teacher logits)``.
     """
 
     def __init__(self, name: str, options: dict):
@@ -85,6 +86,9 @@ class Metric:
         self._fn, self.uses_labels, _ = _SPECS[name]
         self.inputs = "logits" if name == "hinton" else "features"
         self.options = dict(options)
+        self.uses_predictions = (
+            name == "joint_wasserstein" and self.options.get("label_cost") != "onehot"
+        )
         self._call = functools.partial(self._fn, **self.options)
 
     def __call__(self, zs, zt, y=None, **extra):
