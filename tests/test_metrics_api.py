@@ -339,3 +339,35 @@ def test_bench_metrics_rows_and_cli(capsys, tmp_path):
     argv += ["--step-repeats", "0", "--metric", "mmd", "--json", str(out)]
     assert bench.main(argv) == 0
     assert "mmd" in capsys.readouterr().out and out.exists()
+
+
+def test_trainer_passes_both_networks_predictions_to_joint_wasserstein():
+    """E3 in training (kd2m.train.Distiller): ps = softmax(student logits), pt = softmax(teacher
+    logits); the label term reaches the student's logits. label_cost='onehot' passes neither."""
+    from kd2m.train import Distiller
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(12, 5, generator=g), torch.arange(12) % 3
+    head_t, enc_t = torch.randn(5, 3, generator=g), torch.randn(5, 4, generator=g)
+
+    class Teacher(torch.nn.Module):
+        def forward(self, x):
+            return x @ head_t, x @ enc_t
+
+    feats_s = torch.randn(12, 4, generator=g, requires_grad=True)
+    logits_s = (3 * torch.randn(12, 3, generator=g)).requires_grad_()
+    distiller = Distiller(teacher=Teacher(), metric=M.get_metric("joint_wasserstein"), lam=1.0)
+    assert distiller.metric.uses_predictions
+    value = distiller.loss(logits_s, feats_s, x, y)
+    expected = M.joint_wasserstein(
+        feats_s, x @ enc_t, y, ps=logits_s.softmax(1), pt=(x @ head_t).softmax(1)
+    )
+    torch.testing.assert_close(value, expected)
+    value.backward()
+    assert logits_s.grad.abs().sum() > 0
+    onehot = Distiller(Teacher(), M.get_metric("joint_wasserstein", label_cost="onehot"), 1.0)
+    assert not onehot.metric.uses_predictions
+    torch.testing.assert_close(
+        onehot.loss(logits_s, feats_s, x, y),
+        M.joint_wasserstein(feats_s, x @ enc_t, y, label_cost="onehot"),
+    )
