@@ -375,6 +375,36 @@ def test_gaussian_kl_diagonal(n, d):
     close(got, ref_kl(zs, zt, 0.3, 0.3, 1e-4, diagonal=True))
 
 
+def test_joint_wasserstein_at_training_size_ground_truth_versus_predictions():
+    """n = 128, d = 512, ten overlapping classes (issue 13 item 5). Ground truth on both sides:
+    no cross-class pair is matched for beta from 0.1 to 3 times the default, so E3 is exactly
+    the class-size-weighted E2. Each network's predictions (nearest-class-mean heads fitted on
+    an independent sample): the plan crosses classes for most samples and E3 is its own
+    metric, distinct from E1 and E2 by more than 5 %."""
+    rng = np.random.default_rng(19)
+    n, d, K = 128, 512, 10
+    y = rng.integers(0, K, n)
+    mu = 0.12 * rng.normal(size=(K, d))
+    teacher = lambda labels: np.maximum(mu[labels] + rng.normal(size=(len(labels), d)), 0)  # noqa: E731
+    student = lambda labels: np.maximum(0.6 * mu[labels] + rng.normal(size=(len(labels), d)), 0)  # noqa: E731,E501
+    zt, zs = teacher(y), student(y)
+    big = np.repeat(np.arange(K), 200)
+    heads = [np.stack([f(big)[big == k].mean(0) for k in range(K)]) for f in (student, teacher)]
+    ps, pt = (softmax(-sqdist(z, h) / 2.0) for z, h in zip((zs, zt), heads, strict=True))
+    e1, e2 = ref_w(zs, zt), ref_class_w(zs, zt, y)
+    weighted = sum((y == c).mean() * ref_w(zs[y == c], zt[y == c]) for c in np.unique(y))
+    C, beta = sqdist(zs, zt), teacher_beta(zt)
+    for factor in (0.1, 0.3, 1.0, 3.0):
+        r, c = linear_sum_assignment(C + factor * beta * 2.0 * (y[:, None] != y[None, :]))
+        assert (y[r] != y[c]).sum() == 0, factor
+    close(M.joint_wasserstein(T(zs), T(zt), T(y)), weighted)
+    value, r, c = ref_joint_sq(zs, zt, beta, ps, pt)
+    got = M.joint_wasserstein(T(zs), T(zt), T(y), ps=T(ps), pt=T(pt))
+    close(got, value)
+    assert (y[r] != y[c]).sum() > n // 2
+    assert min(abs(float(got) - e1), abs(float(got) - e2)) > 0.05 * e2
+
+
 @pytest.mark.parametrize("d", [8, 512])
 def test_gaussian_kl_two_and_three_samples(d):
     """Issue 10 case 4: with n = 2 the Ledoit-Wolf intensity is exactly 0 (rank-1 covariance,
