@@ -53,14 +53,27 @@ def _cmd_train(args) -> int:
     else:
         if not args.metric:
             raise SystemExit("train student needs --metric (see 'python -m kd2m metrics')")
-        cfg = student_config(args.profile, args.dataset, args.metric, lam=args.lam,
-                             source=source, metric_options=_overrides(args.option),
-                             **overrides)
-    rec = run(cfg, folder=args.folder, download=args.download, device=args.device,
-              progress=not args.no_progress)
+        cfg = student_config(
+            args.profile,
+            args.dataset,
+            args.metric,
+            lam=args.lam,
+            source=source,
+            metric_options=_overrides(args.option),
+            **overrides,
+        )
+    rec = run(
+        cfg,
+        folder=args.folder,
+        download=args.download,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     f = rec["final"]
-    print(f"{rec['name']} [{rec['hash']}]: test accuracy {100 * f['test_acc']:.2f}%, "
-          f"test CE {f['test_ce']:.4f}, {rec['wall_seconds']:.0f} s")
+    print(
+        f"{rec['name']} [{rec['hash']}]: test accuracy {100 * f['test_acc']:.2f}%, "
+        f"test CE {f['test_ce']:.4f}, {rec['wall_seconds']:.0f} s"
+    )
     return 0
 
 
@@ -75,8 +88,10 @@ def _cmd_list(args) -> int:
     for r in rows:
         acc = r["final"].get("test_acc")
         acc_s = f"{100 * acc:7.2f}%" if acc is not None else "       -"
-        print(f"{r['name']:52s} {r['hash']:12s} {r['status']:9s} {len(r['history']):6d} "
-              f"{acc_s} {r['wall_seconds']:7.0f}")
+        print(
+            f"{r['name']:52s} {r['hash']:12s} {r['status']:9s} {len(r['history']):6d} "
+            f"{acc_s} {r['wall_seconds']:7.0f}"
+        )
     return 0
 
 
@@ -104,18 +119,41 @@ def _cmd_column(args) -> int:
     source = "folder" if args.folder else "torchvision"
     overrides = _overrides(args.set)
     teacher = teacher_config(args.profile, args.dataset, source=source, **overrides)
-    rec = run(teacher, folder=args.folder, download=args.download, device=args.device,
-              progress=not args.no_progress)
-    print(f"{rec['name']}: {100 * rec['final']['test_acc']:.2f}% ({rec['wall_seconds']:.0f} s)",
-          flush=True)
+    rec = run(
+        teacher,
+        folder=args.folder,
+        download=args.download,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{rec['name']}: {100 * rec['final']['test_acc']:.2f}% ({rec['wall_seconds']:.0f} s)",
+        flush=True,
+    )
     metrics = [None] + (args.metrics or list(TABLE1_METRICS.values()))
-    common = [sys.executable, "-m", "kd2m", "train", "--profile", args.profile, "--dataset",
-              args.dataset, "--device", args.device, "--no-progress"]
+    common = [
+        sys.executable,
+        "-m",
+        "kd2m",
+        "train",
+        "--profile",
+        args.profile,
+        "--dataset",
+        args.dataset,
+        "--device",
+        args.device,
+        "--no-progress",
+    ]
     common += ["--folder", args.folder] if args.folder else []
     for pair in args.set:
         common += ["--set", pair]
-    jobs = [common[:4] + ["baseline" if m is None else "student"] + common[4:]
-            + ([] if m is None else ["--metric", m]) for m in metrics]
+    jobs = [
+        common[:4]
+        + ["baseline" if m is None else "student"]
+        + common[4:]
+        + ([] if m is None else ["--metric", m])
+        for m in metrics
+    ]
     env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.parallel))}
     failed = 0
     running: list[subprocess.Popen] = []
@@ -137,8 +175,11 @@ def _cmd_profiles(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kd2m", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m kd2m",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train (or load) a teacher, a baseline or a KD2M student")
     t.add_argument("role", choices=["teacher", "baseline", "student"])
@@ -146,10 +187,20 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or svhn")
     t.add_argument("--metric", help="a registered metric (python -m kd2m metrics)")
     t.add_argument("--lam", type=float, help="distillation weight (default: the profile's)")
-    t.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="metric option, e.g. --option beta=2 (repeatable)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a RunConfig field, e.g. --set epochs=2 (repeatable)")
+    t.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="metric option, e.g. --option beta=2 (repeatable)",
+    )
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a RunConfig field, e.g. --set epochs=2 (repeatable)",
+    )
     t.add_argument("--folder", help="image-folder copy or .tar.gz archive (source 'folder')")
     t.add_argument("--download", action="store_true", help="let torchvision download data")
     t.add_argument("--device", default="auto")

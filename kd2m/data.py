@@ -49,6 +49,7 @@ __all__ = [
     "Loader",
     "channel_stats",
     "load_data",
+    "stratified_counts",
     "tensor_sha256",
 ]
 
@@ -273,6 +274,21 @@ class ImageData:
         )
 
 
+def stratified_counts(counts, n: int) -> torch.Tensor:
+    """How many of ``n`` draws each class gets when classes of sizes ``counts`` share them in
+    proportion: ``floor(counts * n / total)``, then one more for the largest remainders
+    (ties broken by class index). int64 tensor summing to ``n``."""
+    counts = torch.as_tensor(counts).to(torch.float64)
+    quota = counts * n / counts.sum()
+    take = quota.floor().to(torch.int64)
+    rest = n - int(take.sum())
+    if rest:
+        # largest remainder; ties broken by class index (stable sort)
+        order = torch.sort(quota - take, descending=True, stable=True).indices
+        take[order[:rest]] += 1
+    return take
+
+
 def _stratified_indices(
     y: torch.Tensor, n: int | None, num_classes: int, g: torch.Generator, what: str
 ) -> torch.Tensor:
@@ -282,14 +298,7 @@ def _stratified_indices(
     n = int(n)
     if not 0 < n <= total:
         raise ValueError(f"{what}={n} must be in [1, {total}] (the split has {total} images)")
-    counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
-    quota = counts * n / total
-    take = quota.floor().to(torch.int64)
-    rest = n - int(take.sum())
-    if rest:
-        # largest remainder; ties broken by class index (stable sort)
-        order = torch.sort(quota - take, descending=True, stable=True).indices
-        take[order[:rest]] += 1
+    take = stratified_counts(torch.bincount(y, minlength=num_classes), n)
     parts = []
     for c in range(num_classes):
         k = int(take[c])
@@ -446,7 +455,7 @@ def _load_torchvision(info: DatasetInfo, root: Path, download: bool) -> ImageDat
     files = _torchvision_files(info)
     key = _short_key({"format": CACHE_FORMAT, "cls": info.torchvision_class, "files": files})
     cache = root / "cache" / f"{info.name}-torchvision-{key}.pt"
-    prov = {"dataset": info.name, "source": "torchvision", "path": str(where.resolve())}
+    prov: dict = {"dataset": info.name, "source": "torchvision", "path": str(where.resolve())}
     if cache.exists():
         return _from_cache(info, cache, prov)
 

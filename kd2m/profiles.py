@@ -20,26 +20,51 @@ PROFILES: dict[str, dict] = {
     "paper": {
         "teacher": {"arch": "resnet34", "stem": "imagenet", "width": None},
         "student": {"arch": "resnet18", "stem": "imagenet", "width": None},
-        "n_train": None, "n_test": None, "epochs": 15, "batch_size": 128, "lr": 1e-2,
-        "momentum": 0.9, "weight_decay": 0.0, "lr_min": 1e-4, "lam": 1e-4, "seed": 42,
+        "n_train": None,
+        "n_test": None,
+        "epochs": 15,
+        "batch_size": 128,
+        "lr": 1e-2,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "lr_min": 1e-4,
+        "lam": 1e-4,
+        "seed": 42,
         "pretrained": False,
     },
     "cpu": {
         "teacher": {"arch": "resnet20", "stem": "cifar", "width": 16, "epochs": 10},
         "student": {"arch": "resnet8", "stem": "cifar", "width": 16},
-        "n_train": 5000, "n_test": 2000, "epochs": 5, "batch_size": 128, "lr": 5e-2,
-        "momentum": 0.9, "weight_decay": 5e-4, "lr_min": 1e-4, "lam": 1e-2, "seed": 42,
+        "n_train": 5000,
+        "n_test": 2000,
+        "epochs": 5,
+        "batch_size": 128,
+        "lr": 5e-2,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "lr_min": 1e-4,
+        "lam": 1e-2,
+        "seed": 42,
         "pretrained": False,
     },
 }
 
-_SHARED = ("n_train", "n_test", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-           "lr_min", "pretrained")
+# The profile's values shared by its teacher and its students.
+_SHARED = (
+    "n_train",
+    "n_test",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "lr_min",
+    "pretrained",
+)
 # Overrides of a student that its default teacher follows too (the data it sees and the
-# optimisation, e.g. {"epochs": 1} for a dry run); the architecture, metric, lambda and seed
-# stay the student's own.
-TEACHER_FOLLOWS = ("n_train", "n_test", "epochs", "batch_size", "lr", "momentum",
-                   "weight_decay", "lr_min", "pretrained", "hflip")
+# optimisation, e.g. {"epochs": 1} for a dry run): the shared values and the flip; the
+# architecture, metric, lambda and seed stay the student's own.
+TEACHER_FOLLOWS = (*_SHARED, "hflip")
 
 
 def teacher_overrides(overrides: dict | None) -> dict:
@@ -60,8 +85,9 @@ def _check_overrides(overrides: dict) -> None:
         raise ValueError(f"unknown override(s) {unknown}; RunConfig fields are {sorted(fields)}")
 
 
-def teacher_config(profile: str, dataset: str, *, source: str = "torchvision",
-                   **overrides) -> RunConfig:
+def teacher_config(
+    profile: str, dataset: str, *, source: str = "torchvision", **overrides
+) -> RunConfig:
     """The teacher of ``profile`` on ``dataset`` (``overrides`` replace RunConfig fields)."""
     p = _profile(profile)
     _check_overrides(overrides)
@@ -70,10 +96,18 @@ def teacher_config(profile: str, dataset: str, *, source: str = "torchvision",
     return RunConfig(**kw)
 
 
-def student_config(profile: str, dataset: str, metric: str | None = None, *,
-                   lam: float | None = None, seed: int | None = None,
-                   source: str = "torchvision", teacher: RunConfig | None = None,
-                   teacher_changes: dict | None = None, **overrides) -> RunConfig:
+def student_config(
+    profile: str,
+    dataset: str,
+    metric: str | None = None,
+    *,
+    lam: float | None = None,
+    seed: int | None = None,
+    source: str = "torchvision",
+    teacher: RunConfig | None = None,
+    teacher_changes: dict | None = None,
+    **overrides,
+) -> RunConfig:
     """A student of ``profile``: the baseline when ``metric`` is None, KD2M otherwise.
 
     ``lam`` defaults to the profile's lambda when a metric is given and to 0 without one.
@@ -85,10 +119,21 @@ def student_config(profile: str, dataset: str, metric: str | None = None, *,
     if lam is None:
         lam = p["lam"] if metric is not None else 0.0
     if teacher is None:
-        teacher = teacher_config(profile, dataset, source=source,
-                                 **(teacher_overrides(overrides) | (teacher_changes or {})))
+        teacher = teacher_config(
+            profile,
+            dataset,
+            source=source,
+            **(teacher_overrides(overrides) | (teacher_changes or {})),
+        )
     kw = {k: p[k] for k in _SHARED} | p["student"]
-    kw |= {"role": "student", "dataset": dataset, "source": source, "metric": metric,
-           "lam": float(lam), "seed": p["seed"] if seed is None else seed, "teacher": teacher}
+    kw |= {
+        "role": "student",
+        "dataset": dataset,
+        "source": source,
+        "metric": metric,
+        "lam": float(lam),
+        "seed": p["seed"] if seed is None else seed,
+        "teacher": teacher,
+    }
     kw |= overrides
     return RunConfig(**kw)

@@ -30,13 +30,23 @@ from pathlib import Path
 import torch
 
 from kd2m._io import atomic_json, atomic_torch_save
-from kd2m.data import Loader, load_data
+from kd2m.data import ImageData, Loader, load_data
 from kd2m.metrics import METRICS, get_metric, wasserstein
-from kd2m.models import build_model, make_projector
+from kd2m.models import KD2MNet, build_model, make_projector
 from kd2m.train import Distiller, evaluate, fit, resolve_device
 
-__all__ = ["RunConfig", "run", "load_record", "list_runs", "run_dir", "data_root",
-           "load_model", "load_monitor", "RECORD_FORMAT"]
+__all__ = [
+    "RunConfig",
+    "run",
+    "load_record",
+    "load_records",
+    "list_runs",
+    "run_dir",
+    "data_root",
+    "load_model",
+    "load_monitor",
+    "RECORD_FORMAT",
+]
 
 RECORD_FORMAT = 1
 ROLES = ("teacher", "student")
@@ -107,15 +117,25 @@ class RunConfig:
                 bad(name, "a finite number >= 0")
         if self.lr <= 0:
             bad("lr", "a number > 0")
+        if not isinstance(self.metric_options, dict):
+            bad("metric_options", "a dict of metric options")
+        if self.metric is None and self.metric_options:
+            bad("metric_options", "{} when metric is None")
         if self.role == "teacher":
             if self.teacher is not None or self.metric is not None or self.lam != 0:
-                raise ValueError("a teacher run takes no teacher, metric or lam "
-                                 f"(got teacher={self.teacher is not None}, "
-                                 f"metric={self.metric!r}, lam={self.lam!r})")
+                raise ValueError(
+                    "a teacher run takes no teacher, metric or lam "
+                    f"(got teacher={self.teacher is not None}, "
+                    f"metric={self.metric!r}, lam={self.lam!r})"
+                )
         else:
             if self.metric is not None:
                 if self.metric not in METRICS:
                     bad("metric", f"None or one of {sorted(METRICS)}")
+                try:  # the registry validates the options now, before anything trains
+                    get_metric(self.metric, **self.metric_options)
+                except ValueError as exc:
+                    bad("metric_options", f"options of metric {self.metric!r} ({exc})")
             if self.lam > 0 and self.metric is None:
                 bad("lam", "0 when metric is None (set a metric to distil)")
             if self.metric is not None and self.teacher is None:
@@ -128,7 +148,8 @@ class RunConfig:
                         raise ValueError(
                             f"teacher.{name}={getattr(self.teacher, name)!r} differs from the "
                             f"student's {name}={getattr(self, name)!r}: both must see the same "
-                            "data")
+                            "data"
+                        )
 
     # -- identity ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -180,6 +201,11 @@ def load_record(path: Path | str) -> dict:
     return rec
 
 
+def load_records(folder: Path | str) -> list[dict]:
+    """Every JSON record in ``folder`` (e.g. ``data/results/<column>/``), sorted by name."""
+    return sorted((load_record(p) for p in Path(folder).glob("*.json")), key=lambda r: r["name"])
+
+
 def list_runs(root: Path | str | None = None) -> list[dict]:
     """All records under ``<root>/runs`` (and ``<root>/results``), newest first."""
     root = Path(root) if root is not None else data_root()
@@ -204,15 +230,24 @@ def _environment(device: torch.device) -> dict:
         pot = ot.__version__
     except ImportError:  # pragma: no cover
         pot = None
-    hw = {"host": socket.gethostname(), "platform": platform.platform(),
-          "processor": platform.processor() or platform.machine(),
-          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-          "device": str(device)}
+    hw = {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-                "scipy": scipy.__version__, "pot": pot}
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "pot": pot,
+    }
     from kd2m import __version__
 
     versions["kd2m"] = __version__
@@ -228,23 +263,28 @@ def _load_data(cfg: RunConfig, root: Path, folder, download: bool):
 
 def _build(cfg: RunConfig, num_classes: int):
     torch.manual_seed(cfg.seed)  # every run of a seed starts from the same initialisation
-    return build_model(cfg.arch, num_classes, stem=cfg.stem, pretrained=cfg.pretrained,
-                       width=cfg.width)
+    return build_model(
+        cfg.arch, num_classes, stem=cfg.stem, pretrained=cfg.pretrained, width=cfg.width
+    )
 
 
 def load_model(cfg: RunConfig, root: Path | str | None = None, device="cpu"):
-    """The trained network of a finished run (and its projector, or None), in eval mode."""
+    """The trained network of a finished run (and its projector, or None), in eval mode.
+
+    Leaves the global random state as it found it."""
     d = run_dir(cfg, root)
     path = d / "model.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run(config) first (run {cfg.name})")
     blob = torch.load(path, map_location=device, weights_only=True)
-    model = _build(cfg, blob["num_classes"]).to(device)
+    projector = None
+    with torch.random.fork_rng(devices=[]):  # weights are loaded: the init's draws are undone
+        model = _build(cfg, blob["num_classes"]).to(device)
+        if blob.get("projector") is not None:
+            projector = make_projector(*blob["projector_dims"]).to(device)
     model.load_state_dict(blob["model"])
     model.eval()
-    projector = None
-    if blob.get("projector") is not None:
-        projector = make_projector(*blob["projector_dims"]).to(device)
+    if projector is not None:
         projector.load_state_dict(blob["projector"])
         projector.eval()
     return model, projector
@@ -261,139 +301,309 @@ def load_monitor(cfg: RunConfig, root: Path | str | None = None) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | None = None,
-        download: bool = False, device: str = "auto", progress: bool | None = None,
-        stop_after: int | None = None) -> dict:
+def run(
+    cfg: RunConfig,
+    *,
+    root: Path | str | None = None,
+    folder: str | Path | None = None,
+    download: bool = False,
+    device: str = "auto",
+    progress: bool | None = None,
+    stop_after: int | None = None,
+) -> dict:
     """Return the record of ``cfg``, training it (and its teacher) first if needed.
 
     A finished run is loaded, not retrained. An interrupted one resumes from its checkpoint.
     ``stop_after=k`` stops after epoch ``k`` as a kill would (for tests), leaving a
     ``"running"`` record and a checkpoint. ``progress=None`` reads ``$KD2M_PROGRESS``
     (``0`` turns bars off), default on.
+
+    The steps: :func:`_prepare` (data, loaders, networks, distiller, monitor), then
+    :func:`_resume` (the checkpoint, if any), :func:`_train` (Algorithm 1, with
+    :func:`_monitor_epoch` and :func:`_save_epoch` after every epoch) and :func:`_finish`
+    (weights, monitor and the finished record).
     """
     if not isinstance(cfg, RunConfig):
         raise ValueError(f"cfg={cfg!r}: expected a kd2m.runs.RunConfig")
     root = Path(root) if root is not None else data_root()
     if progress is None:
         progress = os.environ.get("KD2M_PROGRESS", "1") not in ("0", "false", "no")
-    d = run_dir(cfg, root)
-    rec_path = d / "record.json"
+    rec_path = run_dir(cfg, root) / "record.json"
     if rec_path.exists():
         rec = load_record(rec_path)
         if rec["status"] == "finished":
             return rec
+    job = _prepare(cfg, root, folder=folder, download=download, device=device, progress=progress)
+    state = _resume(job)
+    try:
+        history = _train(job, state, progress=progress, stop_after=stop_after)
+    except _Stopped:
+        return load_record(rec_path)
+    return _finish(job, history)
 
+
+@dataclass
+class _Job:
+    """Everything a run's steps share: the config, where it lives, what it trains on and
+    with, the monitor, and the wall-clock bookkeeping."""
+
+    cfg: RunConfig
+    dir: Path
+    folder: str | Path | None
+    dev: torch.device
+    data: ImageData
+    hflip: bool
+    train_loader: Loader
+    test_loader: Loader
+    monitor_loader: Loader
+    model: KD2MNet
+    teacher_rec: dict | None = None
+    distiller: Distiller | None = None
+    projector_dims: tuple[int, int] | None = None
+    teacher_feats: torch.Tensor | None = None
+    monitor: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+    started: str = ""
+    wall_before: float = 0.0
+    t_start: float = 0.0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    @property
+    def rec_path(self) -> Path:
+        return self.dir / "record.json"
+
+    def wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t_start
+
+
+def _prepare(
+    cfg: RunConfig, root: Path, *, folder, download: bool, device: str, progress: bool
+) -> _Job:
+    """Step 1: the teacher's record (trained first if needed), the data and its loaders,
+    the student, the distiller and the monitor's fixed test images."""
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: pick the fastest kernels
     teacher_rec = None
-    distiller = None
-    teacher = None
     if cfg.teacher is not None:
-        teacher_rec = run(cfg.teacher, root=root, folder=folder, download=download,
-                          device=device, progress=progress)
+        teacher_rec = run(
+            cfg.teacher,
+            root=root,
+            folder=folder,
+            download=download,
+            device=device,
+            progress=progress,
+        )
     data = _load_data(cfg, root, folder, download)
     hflip = data.info.hflip if cfg.hflip is None else cfg.hflip
-    loader_kw = {"device": dev, "channels_last": dev.type == "cuda"}
-    train_loader = Loader.from_data(data, "train", batch_size=cfg.batch_size, train=True,
-                                    hflip=hflip, seed=cfg.seed, **loader_kw)
-    test_loader = Loader.from_data(data, "test", batch_size=max(cfg.batch_size, 256),
-                                   train=False, **loader_kw)
+    loader_kw: dict = {"device": dev, "channels_last": dev.type == "cuda"}
+    train_loader = Loader.from_data(
+        data,
+        "train",
+        batch_size=cfg.batch_size,
+        train=True,
+        hflip=hflip,
+        seed=cfg.seed,
+        **loader_kw,
+    )
+    test_loader = Loader.from_data(
+        data, "test", batch_size=max(cfg.batch_size, 256), train=False, **loader_kw
+    )
     model = _build(cfg, len(data.classes)).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-
     # The monitor: a fixed, class-balanced set of test images (the first of each class in
     # test order), whose features are kept every epoch for Fig. 3 and the theory chapter.
     mon_idx = _monitor_indices(data.y_test, MONITOR_SIZE)
-    monitor_loader = Loader(data.x_test[mon_idx], data.y_test[mon_idx], mean=data.info.mean,
-                            std=data.info.std, batch_size=500, train=False, **loader_kw)
-    teacher_feats = None
-    projector_dims = None
+    monitor_loader = Loader(
+        data.x_test[mon_idx],
+        data.y_test[mon_idx],
+        mean=data.info.mean,
+        std=data.info.std,
+        batch_size=500,
+        train=False,
+        **loader_kw,
+    )
+    job = _Job(
+        cfg=cfg,
+        dir=run_dir(cfg, root),
+        folder=folder,
+        dev=dev,
+        data=data,
+        hflip=hflip,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        monitor_loader=monitor_loader,
+        model=model,
+        teacher_rec=teacher_rec,
+    )
     if cfg.teacher is not None:
-        teacher, _ = load_model(cfg.teacher, root, device=dev)
-        if dev.type == "cuda":
-            teacher = teacher.to(memory_format=torch.channels_last)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        projector = None
-        if model.feature_dim != teacher.feature_dim:
-            torch.manual_seed(cfg.seed + 1)
-            projector = make_projector(model.feature_dim, teacher.feature_dim).to(dev)
-            projector_dims = (model.feature_dim, teacher.feature_dim)
-        metric = get_metric(cfg.metric, **cfg.metric_options) if cfg.metric else None
-        distiller = Distiller(teacher=teacher, metric=metric, lam=cfg.lam, projector=projector)
-        teacher_feats = evaluate(teacher, monitor_loader, device=dev,
-                                 keep_features=len(mon_idx))["features"]
+        _attach_teacher(job, root)
+    job.monitor = {
+        "epochs": [],
+        "head": [],
+        "teacher": job.teacher_feats,
+        "indices": mon_idx,
+        "labels": data.y_test[mon_idx],
+    }
+    return job
 
-    ckpt_path = d / "checkpoint.pt"
+
+def _attach_teacher(job: _Job, root: Path) -> None:
+    """The frozen teacher, the projector (when the feature sizes differ), the metric and
+    the teacher's features of the monitored images."""
+    cfg, dev, model = job.cfg, job.dev, job.model
+    assert cfg.teacher is not None
+    teacher, _ = load_model(cfg.teacher, root, device=dev)
+    if dev.type == "cuda":
+        teacher = teacher.to(memory_format=torch.channels_last)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    projector = None
+    if model.feature_dim != teacher.feature_dim:
+        torch.manual_seed(cfg.seed + 1)
+        projector = make_projector(model.feature_dim, teacher.feature_dim).to(dev)
+        job.projector_dims = (model.feature_dim, teacher.feature_dim)
+    metric = get_metric(cfg.metric, **cfg.metric_options) if cfg.metric else None
+    job.distiller = Distiller(teacher=teacher, metric=metric, lam=cfg.lam, projector=projector)
+    job.teacher_feats = evaluate(
+        teacher, job.monitor_loader, device=dev, keep_features=len(job.monitor_loader.y)
+    )["features"]
+
+
+def _resume(job: _Job) -> dict | None:
+    """Step 2: the resumable state of an interrupted run (None for a fresh one); restores
+    the monitor, the start time and the wall time spent before the interruption."""
+    job.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     state = None
-    monitor = {"epochs": [], "head": [], "teacher": teacher_feats, "indices": mon_idx,
-               "labels": data.y_test[mon_idx]}
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    wall_before = 0.0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        monitor = state.pop("monitor")
-        started = state.pop("started")
-        wall_before = state.pop("wall_seconds")
-    env = _environment(dev)
-    t_start = time.perf_counter()
+    if job.ckpt_path.exists():
+        state = torch.load(job.ckpt_path, map_location=job.dev, weights_only=False)
+        job.monitor = state.pop("monitor")
+        job.started = state.pop("started")
+        job.wall_before = state.pop("wall_seconds")
+    job.env = _environment(job.dev)
+    job.t_start = time.perf_counter()
+    return state
 
-    def record(history, status, wall):
-        final = {k: history[-1][k] for k in ("test_acc", "test_ce", "train_acc", "train_ce")} \
-            if history else {}
-        return {
-            "format": RECORD_FORMAT, "name": cfg.name, "hash": cfg.hash, "status": status,
-            "config": cfg.to_dict(), "history": history, "final": final,
-            "teacher": None if teacher_rec is None else {
-                "name": teacher_rec["name"], "hash": teacher_rec["hash"],
-                "test_acc": teacher_rec["final"]["test_acc"]},
-            "data": data.provenance | {"folder": None if folder is None else str(folder),
-                                       "n_train": int(data.y_train.shape[0]),
-                                       "n_test": int(data.y_test.shape[0]), "hflip": hflip},
-            **env, "started": started, "wall_seconds": wall,
-        }
 
-    def on_epoch_end(row, st):
-        if teacher_feats is not None:
-            test = evaluate(model, monitor_loader, device=dev, keep_features=len(mon_idx))
-            zs = test["features"]
-            if projector_dims is not None:
-                with torch.no_grad():
-                    zs = distiller.projector(zs.to(dev)).float().cpu()
-            row["test_feature_w2"] = float(wasserstein(zs.double(), teacher_feats.double()))
-            row["test_feature_gap"] = float((zs - teacher_feats).norm(dim=1).mean())
-            monitor["epochs"].append(zs.half())
-            head = model.head
-            monitor["head"].append((head.weight.detach().float().cpu(),
-                                    head.bias.detach().float().cpu()))
-        wall = wall_before + time.perf_counter() - t_start
-        atomic_torch_save(st | {"monitor": monitor, "started": started,
-                                "wall_seconds": wall}, ckpt_path)
-        atomic_json(record(st["history"], "running", wall), rec_path)
+def _train(job: _Job, state: dict | None, *, progress: bool, stop_after: int | None) -> list[dict]:
+    """Step 3: Algorithm 1 (:func:`kd2m.train.fit`) from ``state``; after every epoch the
+    monitor (:func:`_monitor_epoch`) and the checkpoint and running record
+    (:func:`_save_epoch`). Raises :class:`_Stopped` after epoch ``stop_after``."""
+    cfg = job.cfg
+
+    def on_epoch_end(row: dict, st: dict) -> None:
+        _monitor_epoch(job, row)
+        _save_epoch(job, st)
         if stop_after is not None and row["epoch"] >= stop_after and row["epoch"] < cfg.epochs:
             raise _Stopped
 
-    try:
-        history = fit(model, train_loader=train_loader, test_loader=test_loader,
-                      epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum,
-                      weight_decay=cfg.weight_decay, lr_min=cfg.lr_min, device=dev,
-                      distiller=distiller, state=state, on_epoch_end=on_epoch_end,
-                      progress=progress)
-    except _Stopped:
-        return load_record(rec_path)
-    wall = wall_before + time.perf_counter() - t_start
-    proj = distiller.projector if distiller is not None else None
-    atomic_torch_save({
-        "model": model.state_dict(), "num_classes": len(data.classes),
-        "projector": proj.state_dict() if proj is not None else None,
-        "projector_dims": projector_dims}, d / "model.pt")
-    if teacher_feats is not None:
-        atomic_torch_save(monitor, d / "monitor.pt")
-    rec = record(history, "finished", wall)
-    atomic_json(rec, rec_path)
-    ckpt_path.unlink(missing_ok=True)
+    return fit(
+        job.model,
+        train_loader=job.train_loader,
+        test_loader=job.test_loader,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        lr_min=cfg.lr_min,
+        device=job.dev,
+        distiller=job.distiller,
+        state=state,
+        on_epoch_end=on_epoch_end,
+        progress=progress,
+    )
+
+
+def _monitor_epoch(job: _Job, row: dict) -> None:
+    """The student's features of the monitored images after this epoch (projected into the
+    teacher's space when the sizes differ), their squared W2 and mean gap to the teacher's
+    (added to ``row``), and the student's head. Nothing without a teacher."""
+    if job.teacher_feats is None:
+        return
+    teacher_feats = job.teacher_feats
+    test = evaluate(job.model, job.monitor_loader, device=job.dev, keep_features=len(teacher_feats))
+    zs = test["features"]
+    projector = job.distiller.projector if job.distiller is not None else None
+    if projector is not None:
+        with torch.no_grad():
+            zs = projector(zs.to(job.dev)).float().cpu()
+    row["test_feature_w2"] = float(wasserstein(zs.double(), teacher_feats.double()))
+    row["test_feature_gap"] = float((zs - teacher_feats).norm(dim=1).mean())
+    job.monitor["epochs"].append(zs.half())
+    head = job.model.head
+    job.monitor["head"].append(
+        (head.weight.detach().float().cpu(), head.bias.detach().float().cpu())
+    )
+
+
+def _save_epoch(job: _Job, st: dict) -> None:
+    """The checkpoint (resumable state, monitor, start and wall time) and the running record."""
+    wall = job.wall()
+    atomic_torch_save(
+        st | {"monitor": job.monitor, "started": job.started, "wall_seconds": wall}, job.ckpt_path
+    )
+    atomic_json(_record(job, st["history"], "running", wall), job.rec_path)
+
+
+def _record(job: _Job, history: list[dict], status: str, wall: float) -> dict:
+    """The JSON record of ``job`` with ``history`` so far."""
+    cfg, data, teacher_rec = job.cfg, job.data, job.teacher_rec
+    final = (
+        {k: history[-1][k] for k in ("test_acc", "test_ce", "train_acc", "train_ce")}
+        if history
+        else {}
+    )
+    return {
+        "format": RECORD_FORMAT,
+        "name": cfg.name,
+        "hash": cfg.hash,
+        "status": status,
+        "config": cfg.to_dict(),
+        "history": history,
+        "final": final,
+        "teacher": None
+        if teacher_rec is None
+        else {
+            "name": teacher_rec["name"],
+            "hash": teacher_rec["hash"],
+            "test_acc": teacher_rec["final"]["test_acc"],
+        },
+        "data": data.provenance
+        | {
+            "folder": None if job.folder is None else str(job.folder),
+            "n_train": int(data.y_train.shape[0]),
+            "n_test": int(data.y_test.shape[0]),
+            "hflip": job.hflip,
+        },
+        **job.env,
+        "started": job.started,
+        "wall_seconds": wall,
+    }
+
+
+def _finish(job: _Job, history: list[dict]) -> dict:
+    """Step 4: the final weights (and projector), the monitor, the finished record; the
+    checkpoint is removed last."""
+    wall = job.wall()
+    proj = job.distiller.projector if job.distiller is not None else None
+    atomic_torch_save(
+        {
+            "model": job.model.state_dict(),
+            "num_classes": len(job.data.classes),
+            "projector": proj.state_dict() if proj is not None else None,
+            "projector_dims": job.projector_dims,
+        },
+        job.dir / "model.pt",
+    )
+    if job.teacher_feats is not None:
+        atomic_torch_save(job.monitor, job.dir / "monitor.pt")
+    rec = _record(job, history, "finished", wall)
+    atomic_json(rec, job.rec_path)
+    job.ckpt_path.unlink(missing_ok=True)
     return rec
 
 

@@ -67,8 +67,11 @@ def public_metric(fn):
                     f"{fn.__name__}(): a matrix factorisation failed ({str(err).splitlines()[0]}) "
                     f"on {_describe_inputs(args, kwargs)}; the features are beyond the range "
                     "this metric can handle: rescale them (e.g. divide by their typical norm)"
-                    + ("" if kwargs.get("validate", True) else
-                       ", or check them for NaN/inf (validate=False skipped that check)")
+                    + (
+                        ""
+                        if kwargs.get("validate", True)
+                        else ", or check them for NaN/inf (validate=False skipped that check)"
+                    )
                 ) from err
         if kwargs.get("validate", True) and not bool(torch.isfinite(out).all()):
             raise ValueError(

@@ -8,12 +8,42 @@ on the inputs' device, as ``sum_ij gamma_ij cost_ij`` over the plan's support
 with the plan held fixed. By the envelope theorem this is the gradient of the
 OT value wherever the optimal plan is unique (and a valid subgradient
 otherwise): ``dW/dz^S_i = 2 (a_i z^S_i - sum_j gamma_ij z^T_j)``.
+
+Eq. (5), E3: which labels, which beta (open questions in EQUATIONS.md).
+
+* Labels. Each side carries a label distribution: the student's ``ps`` and
+  the teacher's ``pt``, their predicted probabilities, as the author's code
+  does (it compares the two networks' logits); the trainer passes
+  ``softmax`` of each network's logits. With the ground truth on both sides
+  a label mismatch costs 2 beta, and with beta of the order of the feature
+  costs no cross-class pair is matched at d = 512 (none of 128 on a
+  synthetic batch for beta from 0.1 to 3 times the default; issue 13 found
+  the same on training features): W_J is then exactly the class-size-
+  weighted eq. (4), not a metric of its own. Each network's predictions
+  differ from the ground truth and from each other, so their plan crosses
+  classes (96 of 128 samples on that batch, where E1, E2, E3 = 311, 326,
+  354; tests/test_metrics_values.py checks both facts at n = 128, d = 512).
+  The label cost then also carries gradient to
+  ``ps``: E3 distils the teacher's predictions as well as its features.
+  The squared Euclidean cost between label distributions is the paper's
+  Euclidean cost (Montesuma et al. 2023): on one-hot vectors it is 2 if the
+  labels differ, 0 otherwise. Probabilities rather than the author's raw
+  logits: logits are unbounded and defined up to a shift per sample.
+* Beta. A fixed number has no natural scale (squared distances of d = 512
+  features range over orders of magnitude during training). The default is
+  the teacher's mean squared pairwise distance ``2 tr(Sigma_T)``: a full
+  label disagreement (cost 2) costs about two typical feature distances, so
+  the plan follows the labels unless the features say otherwise, and W_J
+  stays homogeneous of degree 2 in the features like eq. (3). It depends on
+  the teacher only, so it is differentiated without giving the student an
+  incentive to shrink its features, and the gradient is that of the value
+  (the former default, the mean student-teacher cost, was held constant in
+  the backward pass).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import ot
 import torch
 from scipy.optimize import linear_sum_assignment
 
@@ -26,12 +56,7 @@ from ._checks import (
     public_metric,
 )
 
-__all__ = [
-    "wasserstein",
-    "class_conditional_wasserstein",
-    "joint_wasserstein",
-    "joint_default_beta",
-]
+__all__ = ["wasserstein", "class_wasserstein", "joint_wasserstein", "joint_default_beta"]
 
 _LOG_FLOOR = 1e-12  # probabilities are clamped to this before the log of the "ce" label cost
 
@@ -92,13 +117,15 @@ def wasserstein(zs, zt, *, a=None, b=None, validate: bool = True) -> torch.Tenso
     if a is None and b is None and n == m:
         rows, cols = linear_sum_assignment(C)
         return _plan_cost(zs, zt, rows, cols, np.full(n, 1.0 / n))
+    import ot  # here, not at the top: POT imports scikit-learn, which imports pandas
+
     gamma = ot.emd(_weights(a, n, "a"), _weights(b, m, "b"), C)
     rows, cols = np.nonzero(gamma)
     return _plan_cost(zs, zt, rows, cols, gamma[rows, cols])
 
 
 @public_metric
-def class_conditional_wasserstein(zs, zt, y, *, validate: bool = True) -> torch.Tensor:
+def class_wasserstein(zs, zt, y, *, validate: bool = True) -> torch.Tensor:
     r"""Class-conditional squared Wasserstein distance, eq. (4).
 
     .. math::
@@ -166,98 +193,71 @@ def joint_wasserstein(
     sample predicted as another class is matched across ground-truth classes.
 
     Rows ``i`` are the **student's** samples, columns ``j`` the **teacher's**
-    (the author's code compared the student with itself). Uniform weights and
-    equal sizes: an exact assignment problem. The value is the squared
-    feature distance plus beta times the label cost of the optimal plan.
+    (the author's code compared the student with itself); an exact assignment
+    problem. The value is the squared feature distance plus beta times the
+    label cost of the optimal plan. Labels: the student's ``p_i = ps[i]`` and
+    the teacher's ``q_j = pt[j]`` (predicted probabilities, n x K), each
+    one-hot of the ground truth ``y`` when not given; the trainer passes both
+    networks' softmax (why: module docstring). ``label_cost``:
 
-    Labels (open question in EQUATIONS.md). Each side carries a label
-    distribution: the student's ``p_i = ps[i]`` and the teacher's
-    ``q_j = pt[j]`` (rows of predicted probabilities, softmax outputs, n x K),
-    each one-hot of the ground truth ``y`` when not given. The trainer passes
-    each network's predictions, ``ps = softmax(student logits)`` and
-    ``pt = softmax(teacher logits)``, as the author's code does (it compares
-    the two networks' logits): the registered E3 is the joint distance between
-    the (feature, prediction) distributions of the two networks. With ground
-    truth on both sides instead, a label mismatch costs 2 beta, and with
-    beta of the order of the feature costs no cross-class pair is matched
-    at d = 512 (none of 128 on a synthetic batch, for beta from 0.1 to 3
-    times the default; issue 13 found the same on training features): W_J
-    is then exactly the class-size-weighted eq. (4), not a metric of its
-    own. Each network's predictions differ from the ground truth and from
-    each other, so their plan crosses classes (96 of 128 samples on that
-    batch, where E1, E2, E3 = 311, 326, 354; see the test
-    ``test_joint_wasserstein_at_training_size_ground_truth_versus_predictions``).
-    ``label_cost``:
+    * ``"sqeuclidean"`` (default): ``||p_i - q_j||^2``, the paper's Euclidean
+      label cost; 2 between different one-hot labels, 0 between equal ones.
+    * ``"onehot"``: ground truth on both sides (``ps``/``pt`` refused).
+    * ``"ce"`` (JDOT, Courty et al. 2017): ``-sum_k q_jk log p_ik`` (``ps``
+      required, clamped at 1e-12 before the log).
 
-    * ``"sqeuclidean"`` (default): ``l_Y = ||p_i - q_j||^2``, the paper's
-      Euclidean label cost (Montesuma et al. 2023) on label distributions; on
-      one-hot vectors it is 2 if the labels differ, 0 otherwise. It carries
-      gradient to ``ps`` (and ``pt``) when they require grad: the label term
-      also distils the teacher's predictions.
-    * ``"onehot"``: ground truth on both sides, ``||e_{y_i} - e_{y_j}||^2``
-      (``ps``/``pt`` not allowed); the same as ``"sqeuclidean"`` without them.
-      The label term is then a constant of the plan: it only steers the
-      matching.
-    * ``"ce"`` (JDOT, Courty et al. 2017): ``l_Y = -sum_k q_jk log p_ik``,
-      cross-entropy between the teacher side's ``q_j`` and the student's
-      predicted probabilities ``ps`` (required; clamped at 1e-12 before the
-      log).
-
-    ``beta >= 0`` (ValueError otherwise). Default ``None``: ``beta`` =
-    :func:`joint_default_beta`, the teacher's mean squared pairwise distance
-    ``2 tr(Sigma_T)`` (differentiable). A fixed number has no natural scale
-    (squared feature distances of d = 512 features range over orders of
-    magnitude during training); tied to the teacher's spread, a full label
-    disagreement (``l_Y = 2``) costs about two typical feature distances, so
-    the plan follows the labels unless features say otherwise, and W_J stays
-    homogeneous of degree 2 in the features like eq. (3). It depends on the
-    teacher only, so the gradient with respect to the student is exact and
-    gives the student no incentive to shrink its features (the previous
-    default, the mean student-teacher cost, was held constant in the
-    backward pass, so the gradient was not that of the value). Limits:
+    ``beta >= 0``; default :func:`joint_default_beta`, the teacher's mean
+    squared pairwise distance ``2 tr(Sigma_T)`` (why: module docstring).
     ``beta = 0`` gives eq. (3); with one-hot labels on both sides,
     ``beta >= max cost / 2`` gives the class-size-weighted eq. (4).
-
-    Gradient: envelope theorem (plan fixed), plus the label term's gradient
-    to ``ps``/``pt`` and beta's to ``zt``; it is the gradient of the value
-    wherever the optimal plan is unique.
+    Gradient: envelope theorem (plan fixed), plus the label term's to
+    ``ps``/``pt`` and beta's to ``zt``: the gradient of the value wherever
+    the optimal plan is unique.
     """
     zs, zt = check_features(zs, zt, validate=validate)
     n = zs.shape[0]
     y = check_labels(y, n, device=zs.device)
     beta = check_nonnegative(beta, "beta", allow_none=True)
     check_choice(label_cost, "label_cost", ("sqeuclidean", "onehot", "ce"))
+    if label_cost == "onehot" and (ps is not None or pt is not None):
+        raise ValueError(
+            "label_cost='onehot' uses the ground truth y on both sides; got ps/pt: use "
+            "label_cost='sqeuclidean' for predicted probabilities"
+        )
     C = _cost_matrix(zs, zt)
     if beta is None:
         beta_t = joint_default_beta(zt)
         beta = float(joint_default_beta(zt.detach().double()))  # the plan's, in float64 like C
     else:
         beta_t = torch.as_tensor(beta, dtype=zs.dtype, device=zs.device)
-    if label_cost == "onehot" and (ps is not None or pt is not None):
-        raise ValueError(
-            "label_cost='onehot' uses the ground truth y on both sides; got ps/pt: use "
-            "label_cost='sqeuclidean' for predicted probabilities"
-        )
     if label_cost != "ce" and ps is None and pt is None:  # ground truth on both sides
         yn = y.detach().cpu().numpy()
         L = 2.0 * (yn[:, None] != yn[None, :])
         rows, cols = linear_sum_assignment(C + beta * L)
         label_term = beta_t * float(L[rows, cols].mean())
     else:
-        P, Q = _label_distributions(zs, y, ps, pt, validate, need_ps=label_cost == "ce")
-        if label_cost == "ce":
-            logp = torch.log(P.clamp_min(_LOG_FLOOR))
-            L = -(logp @ Q.T)  # L[i, j] = -sum_k q_jk log p_ik
-        else:
-            L = ((P * P).sum(1)[:, None] + (Q * Q).sum(1)[None, :] - 2 * P @ Q.T).clamp_min(0)
-        rows, cols = linear_sum_assignment(C + beta * L.detach().double().cpu().numpy())
-        idx_r = torch.as_tensor(rows, device=zs.device)
-        idx_c = torch.as_tensor(cols, device=zs.device)
-        if label_cost == "ce":
-            label_term = beta_t * L[idx_r, idx_c].mean()
-        else:  # recomputed on the plan's support, where the clamp is inactive
-            label_term = beta_t * ((P[idx_r] - Q[idx_c]) ** 2).sum(dim=1).mean()
+        rows, cols, label_cost_of_plan = _joint_plan_with_probabilities(
+            zs, y, ps, pt, C, beta, label_cost, validate
+        )
+        label_term = beta_t * label_cost_of_plan
     return _plan_cost(zs, zt, rows, cols, np.full(n, 1.0 / n)) + label_term
+
+
+def _joint_plan_with_probabilities(zs, y, ps, pt, C, beta, label_cost, validate):
+    """Optimal plan of eq. (5) with label distributions, and its mean label cost (with gradient
+    to ``ps``/``pt``)."""
+    P, Q = _label_distributions(zs, y, ps, pt, validate, need_ps=label_cost == "ce")
+    if label_cost == "ce":
+        L = -(torch.log(P.clamp_min(_LOG_FLOOR)) @ Q.T)  # L[i, j] = -sum_k q_jk log p_ik
+    else:
+        L = ((P * P).sum(1)[:, None] + (Q * Q).sum(1)[None, :] - 2 * P @ Q.T).clamp_min(0)
+    rows, cols = linear_sum_assignment(C + beta * L.detach().double().cpu().numpy())
+    idx_r = torch.as_tensor(rows, device=zs.device)
+    idx_c = torch.as_tensor(cols, device=zs.device)
+    if label_cost == "ce":
+        return rows, cols, L[idx_r, idx_c].mean()
+    # recomputed on the plan's support, where the clamp is inactive
+    return rows, cols, ((P[idx_r] - Q[idx_c]) ** 2).sum(dim=1).mean()
 
 
 def _label_distributions(zs, y, ps, pt, validate, *, need_ps):
