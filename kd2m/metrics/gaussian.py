@@ -163,22 +163,23 @@ def _ledoit_wolf(A: torch.Tensor, counts: torch.Tensor, gram: torch.Tensor) -> t
     """
     d = A.shape[-1]
     fro2 = (gram**2).sum(dim=(-2, -1))
-    tr = (A**2).sum(dim=(-2, -1))
-    b2 = ((A**2).sum(dim=-1) ** 2).sum(dim=-1) - fro2 / counts
+    row_sq = (A * A).sum(dim=-1)  # ||a_i||^2
+    tr = row_sq.sum(dim=-1)
+    b2 = (row_sq**2).sum(dim=-1) - fro2 / counts
     d2 = fro2 - tr**2 / d
     alpha = torch.where(d2 > 0, torch.minimum(b2, d2) / d2.clamp_min(torch.finfo(d2.dtype).tiny), 0)
     return alpha.clamp(0, 1)
 
 
-def _ledoit_wolf_diagonal(A: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def _ledoit_wolf_diagonal(A2: torch.Tensor, v: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Ledoit-Wolf intensity restricted to the diagonal: variances shrunk toward their mean; (C,).
 
     ``b2 = sum_ik a_ik^4 - sum_k v_k^2 / n`` (the estimated variance of the
     sample variances), ``d2 = sum_k (v_k - mean(v))^2``, ``alpha = min(b2, d2) / d2``.
-    Differentiable like :func:`_ledoit_wolf`; also exactly 0 for n = 2.
+    Takes ``A2 = A * A`` and ``v = A2.sum(-2)`` (the variances), already computed by the
+    caller. Differentiable like :func:`_ledoit_wolf`; also exactly 0 for n = 2.
     """
-    v = (A**2).sum(dim=-2)
-    b2 = (A**4).sum(dim=(-2, -1)) - (v**2).sum(dim=-1) / counts
+    b2 = (A2 * A2).sum(dim=(-2, -1)) - (v**2).sum(dim=-1) / counts
     d2 = ((v - v.mean(dim=-1, keepdim=True)) ** 2).sum(dim=-1)
     alpha = torch.where(d2 > 0, torch.minimum(b2, d2) / d2.clamp_min(torch.finfo(d2.dtype).tiny), 0)
     return alpha.clamp(0, 1)
@@ -241,8 +242,9 @@ def _kl_diagonal(ms, As, cs, mt, At, ct, shrinkage, eps, fallback):
     """Diagonal eq. (7) on shrunk variances ``(1-alpha) v + alpha mean(v) + eps``; (C,)."""
 
     def shrunk(A, counts, fb):
-        v = (A**2).sum(dim=-2)
-        alpha = _alpha(shrinkage, lambda: _ledoit_wolf_diagonal(A, counts), counts, fb)
+        A2 = A * A
+        v = A2.sum(dim=-2)
+        alpha = _alpha(shrinkage, lambda: _ledoit_wolf_diagonal(A2, v, counts), counts, fb)
         mu = _scale(v.mean(dim=-1), counts, fb)
         return (1 - alpha)[:, None] * v + (alpha * mu)[:, None] + eps
 
