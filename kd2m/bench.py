@@ -129,8 +129,13 @@ def bench_metrics(
         a, b = (ls, lt) if metric.inputs == "logits" else (zs, zt)
 
         def run(metric=metric, a=a, b=b):
-            a.grad = None
-            metric(a, b, y).backward()
+            a.grad = ls.grad = None
+            probs = {}  # E3's predictions: softmax of the logits above, timed with it
+            if metric.needs_student_probs:
+                probs["ps"] = ls.softmax(1)
+            if metric.needs_teacher_probs:
+                probs["pt"] = lt.softmax(1)
+            metric(a, b, y, **probs).backward()
 
         times = _time(run, repeats, warmup, device)
         median_ms = 1e3 * statistics.median(times)
@@ -328,8 +333,9 @@ class _DistanceFree:
 
     inputs: str = "features"
     needs_student_probs: bool = False
+    needs_teacher_probs: bool = False
 
-    def __call__(self, zs, zt, y=None, *, ps=None, validate: bool = True) -> torch.Tensor:
+    def __call__(self, zs, zt, y=None, *, ps=None, pt=None, validate: bool = True) -> torch.Tensor:
         return zs.new_zeros(())
 
 

@@ -70,15 +70,19 @@ class DistillationMetric(Protocol):
     """What :class:`Distiller` needs of a metric (:class:`kd2m.metrics.Metric` is one).
 
     ``inputs``: ``"features"`` (the student's projected features and the teacher's) or
-    ``"logits"``; ``needs_student_probs``: whether ``ps`` (softmax of the student's logits)
-    must be passed. Called as ``metric(zs, zt, y, ps=ps, validate=False)`` (``ps`` only
-    when needed); returns a 0-dim tensor.
+    ``"logits"``; ``needs_student_probs`` / ``needs_teacher_probs``: whether ``ps`` / ``pt``
+    (softmax of the student's / teacher's logits) must be passed. Called as
+    ``metric(zs, zt, y, ps=ps, pt=pt, validate=False)`` (``ps``, ``pt`` only when needed);
+    returns a 0-dim tensor.
     """
 
     inputs: str
     needs_student_probs: bool
+    needs_teacher_probs: bool
 
-    def __call__(self, zs, zt, y=None, *, ps=None, validate: bool = True) -> torch.Tensor: ...
+    def __call__(
+        self, zs, zt, y=None, *, ps=None, pt=None, validate: bool = True
+    ) -> torch.Tensor: ...
 
 
 @dataclass
@@ -118,7 +122,9 @@ class Distiller:
         # non-finite loss is caught at the end of the epoch (train_epoch).
         kwargs: dict = {"validate": False}
         if self.metric.needs_student_probs:
-            kwargs["ps"] = logits_s.float().softmax(1)  # JDOT: the student's predictions
+            kwargs["ps"] = logits_s.float().softmax(1)  # E3: the student's predictions
+        if self.metric.needs_teacher_probs:
+            kwargs["pt"] = logits_t.float().softmax(1)  # E3: the teacher's predictions
         if self.lam == 0:
             with torch.no_grad():
                 return self.metric(zs.detach().float(), zt.float(), y, **kwargs), None

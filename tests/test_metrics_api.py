@@ -105,7 +105,9 @@ def test_bad_scalar_options():
 
 def test_bad_choices_and_unknown_options():
     zs, zt, y = ok()
-    with pytest.raises(ValueError, match=r"label_cost must be one of 'onehot', 'ce'; got 'l2'"):
+    with pytest.raises(
+        ValueError, match=r"label_cost must be one of 'sqeuclidean', 'onehot', 'ce'; got 'l2'"
+    ):
         M.joint_wasserstein(zs, zt, y, label_cost="l2")
     with pytest.raises(ValueError, match=r"kernel must be one of.*got 'laplace'"):
         M.mmd(zs, zt, kernel="laplace")
@@ -138,8 +140,12 @@ def test_joint_ce_inputs():
         M.joint_wasserstein(zs, zt, y, label_cost="ce", ps=torch.softmax(torch.randn(8, 2), 1))
     with pytest.raises(ValueError, match=r"pt must have K=3 columns"):
         M.joint_wasserstein(zs, zt, y, label_cost="ce", ps=ps, pt=torch.full((8, 4), 0.25))
-    with pytest.raises(ValueError, match=r"ps and pt are only used with label_cost='ce'"):
-        M.joint_wasserstein(zs, zt, y, ps=ps)
+    with pytest.raises(ValueError, match=r"label_cost='onehot' uses the ground truth y"):
+        M.joint_wasserstein(zs, zt, y, label_cost="onehot", ps=ps)
+    with pytest.raises(ValueError, match=r"pt must hold probabilities.*not logits"):
+        M.joint_wasserstein(zs, zt, y, pt=torch.randn(8, 3))
+    with pytest.raises(ValueError, match=r"y must hold class indices in \[0, 2\) \(K = pt"):
+        M.joint_wasserstein(zs, zt, y, pt=torch.softmax(torch.randn(8, 2), 1))
 
 
 def test_bad_weights():
@@ -150,6 +156,86 @@ def test_bad_weights():
         M.wasserstein(zs, zt, b=np.full(7, 1 / 7))
     with pytest.raises(ValueError, match=r"a must hold finite nonnegative weights"):
         M.wasserstein(zs, zt, a=np.array([-0.5, 1.5] + [0.0] * 6))
+
+
+@pytest.mark.parametrize("name", LABELLED)
+def test_labels_on_another_device(name):
+    """Labels on another device than the features: a ValueError naming both devices (issue 10
+    case 10). The meta device stands in for a GPU on a CPU-only machine."""
+    zs, zt, y = ok()
+    with pytest.raises(ValueError, match=r"y is on device meta but the features are on cpu"):
+        FEATURE_FNS[name](zs, zt, y.to("meta"))
+
+
+def test_probabilities_on_another_device():
+    zs, zt, y = ok()
+    ps = torch.softmax(torch.randn(8, 3), 1)
+    with pytest.raises(ValueError, match=r"ps is on device meta but the features are on cpu"):
+        M.joint_wasserstein(zs, zt, y, ps=ps.to("meta"))
+    with pytest.raises(ValueError, match=r"pt is on device meta but the features are on cpu"):
+        M.joint_wasserstein(zs, zt, y, ps=ps, pt=ps.to("meta"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", LABELLED)
+def test_labels_on_cpu_features_on_cuda(name):
+    zs, zt, y = ok()
+    with pytest.raises(ValueError, match=r"y is on device cpu but the features are on cuda:0"):
+        FEATURE_FNS[name](zs.cuda(), zt.cuda(), y)
+
+
+# Finite inputs of magnitude 1e30 (representable in float32) for which a metric overflowed
+# (issue 10 case 10): inf/NaN was returned silently, or a raw LinAlgError was raised.
+HUGE = {
+    "wasserstein": lambda s, t, y, **k: M.wasserstein(s, t, **k),
+    "class_wasserstein": lambda s, t, y, **k: M.class_wasserstein(s, t, y, **k),
+    "joint_wasserstein": lambda s, t, y, **k: M.joint_wasserstein(s, t, y, **k),
+    "mmd": lambda s, t, y, **k: M.mmd(s, t, **k),
+    "gaussian_kl_diag": lambda s, t, y, **k: M.gaussian_kl(s, t, diagonal=True, **k),
+}
+LINALG = {
+    "gaussian_wasserstein": lambda s, t, y, **k: M.gaussian_wasserstein(s, t, **k),
+    "class_gaussian": lambda s, t, y, **k: M.class_gaussian(s, t, y, **k),
+}
+
+
+def huge(n=32, d=16):
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(n, d, generator=g) * 1e30, torch.randn(n, d, generator=g) * 1e30
+    return zs, zt, torch.arange(n) % 4
+
+
+@pytest.mark.parametrize("name", sorted(HUGE))
+def test_non_finite_result_raises_with_validate(name):
+    zs, zt, y = huge()
+    with pytest.raises(
+        ValueError,
+        match=r"returned .* \(not finite\) on float32 inputs of largest magnitude .*e\+30: "
+        r"the computation overflowed in torch.float32; rescale the features .* or pass float64",
+    ):
+        HUGE[name](zs, zt, y)
+    assert not torch.isfinite(HUGE[name](zs, zt, y, validate=False))  # no check, no cost
+    assert torch.isfinite(HUGE[name](zs.double(), zt.double(), y))  # the way out offered
+
+
+@pytest.mark.parametrize("name", sorted(LINALG))
+def test_failed_factorisation_raises_value_error(name):
+    zs, zt, y = huge()
+    for validate in (True, False):
+        with pytest.raises(
+            ValueError,
+            match=r"a matrix factorisation failed .* largest magnitude "
+            r".*e\+30; the features are beyond the range .* rescale them",
+        ):
+            LINALG[name](zs, zt, y, validate=validate)
+
+
+def test_mmd_polynomial_is_scale_free_even_at_1e30():
+    """Row normalisation no longer overflows (it returned 0 at 1e30 in float32)."""
+    zs, zt, _ = huge()
+    small = M.mmd(zs / 1e30, zt / 1e30, kernel="polynomial")
+    assert float(small) > 1e-3
+    torch.testing.assert_close(M.mmd(zs, zt, kernel="polynomial"), small)
 
 
 def test_validate_false_skips_only_the_finite_check():
@@ -195,14 +281,24 @@ def test_former_names_warn_and_give_the_same_metric(old):
 def test_metric_declares_what_it_needs():
     zs, zt, y = ok(12, 5)
     ps = torch.softmax(zs[:, :3], 1)
-    plain = M.get_metric("joint_wasserstein")
+    plain = M.get_metric("joint_wasserstein", label_cost="onehot")
+    e3 = M.get_metric("joint_wasserstein")  # E3: both networks' predictions
     jdot = M.get_metric("joint_wasserstein", label_cost="ce")
     assert (plain.needs_student_probs, jdot.needs_student_probs) == (False, True)
+    assert (plain.needs_teacher_probs, e3.needs_student_probs, e3.needs_teacher_probs) == (
+        False,
+        True,
+        True,
+    )
     assert plain.uses_labels and not M.get_metric("mmd").uses_labels
     with pytest.raises(ValueError, match="needs ps"):
         jdot(zs, zt, y)
+    with pytest.raises(ValueError, match="needs pt, the teacher's predicted probabilities"):
+        e3(zs, zt, y, ps=ps)
     with pytest.raises(ValueError, match="takes no ps"):
         plain(zs, zt, y, ps=ps)
+    with pytest.raises(ValueError, match="takes no pt"):
+        M.get_metric("mmd")(zs, zt, pt=ps)
     bad = zs.clone()
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
@@ -212,10 +308,11 @@ def test_metric_declares_what_it_needs():
 
 def test_get_metric_callables_match_functions():
     zs, zt, y = ok(12, 5)
+    ps, pt = torch.softmax(zs[:, :3], 1), torch.softmax(zt[:, :3], 1)
     expected = {
         "wasserstein": M.wasserstein(zs, zt),
         "class_wasserstein": M.class_wasserstein(zs, zt, y),
-        "joint_wasserstein": M.joint_wasserstein(zs, zt, y),
+        "joint_wasserstein": M.joint_wasserstein(zs, zt, y, ps=ps, pt=pt),
         "gaussian_wasserstein": M.gaussian_wasserstein(zs, zt),
         "gaussian_kl": M.gaussian_kl(zs, zt),
         "class_gaussian": M.class_gaussian(zs, zt, y),
@@ -226,17 +323,20 @@ def test_get_metric_callables_match_functions():
         fn = M.get_metric(name)
         assert fn.name == name
         assert fn.inputs == ("logits" if name == "hinton" else "features")
-        torch.testing.assert_close(fn(zs, zt, y), value)
+        probs = {"ps": ps, "pt": pt} if name == "joint_wasserstein" else {}
+        torch.testing.assert_close(fn(zs, zt, y, **probs), value)
     fn = M.get_metric("class_gaussian", divergence="kl", diagonal=True, shrinkage=0.2)
     torch.testing.assert_close(
         fn(zs, zt, y),
         M.class_gaussian(zs, zt, y, divergence="kl", diagonal=True, shrinkage=0.2),
     )
     fn = M.get_metric("joint_wasserstein", label_cost="ce", beta=0.5)
-    ps = torch.softmax(zs[:, :3], 1)
     torch.testing.assert_close(
-        fn(zs, zt, y, ps=ps), M.joint_wasserstein(zs, zt, y, beta=0.5, label_cost="ce", ps=ps)
+        fn(zs, zt, y, ps=ps, pt=pt),
+        M.joint_wasserstein(zs, zt, y, beta=0.5, label_cost="ce", ps=ps, pt=pt),
     )
+    fn = M.get_metric("joint_wasserstein", label_cost="onehot")
+    torch.testing.assert_close(fn(zs, zt, y), M.joint_wasserstein(zs, zt, y, label_cost="onehot"))
 
 
 def test_get_metric_errors():
@@ -274,3 +374,35 @@ def test_bench_metrics_rows_and_cli(capsys, tmp_path):
     argv += ["--step-repeats", "0", "--metric", "mmd", "--json", str(out)]
     assert bench.main(argv) == 0
     assert "mmd" in capsys.readouterr().out and out.exists()
+
+
+def test_trainer_passes_both_networks_predictions_to_joint_wasserstein():
+    """E3 in training (kd2m.train.Distiller): ps = softmax(student logits), pt = softmax(teacher
+    logits); the label term reaches the student's logits. label_cost='onehot' passes neither."""
+    from kd2m.train import Distiller
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(12, 5, generator=g), torch.arange(12) % 3
+    head_t, enc_t = torch.randn(5, 3, generator=g), torch.randn(5, 4, generator=g)
+
+    class Teacher(torch.nn.Module):
+        def forward(self, x):
+            return x @ head_t, x @ enc_t
+
+    feats_s = torch.randn(12, 4, generator=g, requires_grad=True)
+    logits_s = (3 * torch.randn(12, 3, generator=g)).requires_grad_()
+    distiller = Distiller(teacher=Teacher(), metric=M.get_metric("joint_wasserstein"), lam=1.0)
+    assert distiller.metric.needs_student_probs and distiller.metric.needs_teacher_probs
+    value, _ = distiller.terms(logits_s, feats_s, x, y)
+    expected = M.joint_wasserstein(
+        feats_s, x @ enc_t, y, ps=logits_s.softmax(1), pt=(x @ head_t).softmax(1)
+    )
+    torch.testing.assert_close(value, expected)
+    value.backward()
+    assert logits_s.grad.abs().sum() > 0
+    onehot = Distiller(Teacher(), M.get_metric("joint_wasserstein", label_cost="onehot"), 1.0)
+    assert not (onehot.metric.needs_student_probs or onehot.metric.needs_teacher_probs)
+    torch.testing.assert_close(
+        onehot.terms(logits_s, feats_s, x, y)[0],
+        M.joint_wasserstein(feats_s, x @ enc_t, y, label_cost="onehot"),
+    )

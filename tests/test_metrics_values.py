@@ -54,6 +54,18 @@ def ref_joint(zs, zt, y, beta):
     return C[r, c].mean()
 
 
+def ref_joint_sq(zs, zt, beta, p, q):
+    """Eq. (5) with the squared Euclidean label cost between label distributions p_i, q_j."""
+    C = sqdist(zs, zt) + beta * sqdist(p, q)
+    r, c = linear_sum_assignment(C)
+    return C[r, c].mean(), r, c
+
+
+def teacher_beta(zt):
+    """Default beta: the teacher's mean squared pairwise distance."""
+    return sqdist(zt, zt).mean()
+
+
 def ref_joint_ce(zs, zt, beta, ps, q):
     L = -np.log(ps) @ q.T  # L[i, j] = -sum_k q_jk log ps_ik
     C = sqdist(zs, zt) + beta * L
@@ -212,8 +224,65 @@ def test_joint_wasserstein_limits_and_default_beta():
     big = sqdist(zs, zt).max()
     weighted = sum((y == c).mean() * ref_w(zs[y == c], zt[y == c]) for c in range(4))
     close(M.joint_wasserstein(T(zs), T(zt), T(y), beta=big), weighted)
-    # default beta = mean feature cost
-    close(M.joint_wasserstein(T(zs), T(zt), T(y)), ref_joint(zs, zt, y, sqdist(zs, zt).mean()))
+    # default beta = the teacher's mean squared pairwise distance = 2 tr(Sigma_T)
+    assert teacher_beta(zt) == pytest.approx(2 * np.trace(ml_fit(zt)[1]), rel=1e-12)
+    close(M.joint_wasserstein(T(zs), T(zt), T(y)), ref_joint(zs, zt, y, teacher_beta(zt)))
+    close(
+        M.joint_wasserstein(T(zs), T(zt), T(y), label_cost="onehot"),
+        float(M.joint_wasserstein(T(zs), T(zt), T(y))),
+    )
+
+
+def softmax(x):
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("beta", [None, 0.5, 20.0])
+def test_joint_wasserstein_predictions_match_reference(beta):
+    """Each side's predicted probabilities as labels, squared Euclidean label cost (the default
+    label cost); Hungarian on numpy, and brute force over permutations on a small case."""
+    rng = np.random.default_rng(15)
+    zs, zt = data(16, 5, seed=15)
+    y = rng.integers(0, 3, 16)
+    ps, pt = softmax(rng.normal(size=(16, 3)) * 2), softmax(rng.normal(size=(16, 3)) * 2)
+    b = teacher_beta(zt) if beta is None else beta
+    got = M.joint_wasserstein(T(zs), T(zt), T(y), beta=beta, ps=T(ps), pt=T(pt))
+    close(got, ref_joint_sq(zs, zt, b, ps, pt)[0])
+    # one side given: the other is one-hot of the ground truth
+    got = M.joint_wasserstein(T(zs), T(zt), T(y), beta=beta, ps=T(ps))
+    close(got, ref_joint_sq(zs, zt, b, ps, np.eye(3)[y])[0])
+    got = M.joint_wasserstein(T(zs[:6]), T(zt[:6]), T(y[:6]), beta=0.5, ps=T(ps[:6]), pt=T(pt[:6]))
+    close(got, ref_w_bruteforce(zs[:6], zt[:6], 0.5 * sqdist(ps[:6], pt[:6])))
+
+
+def test_joint_wasserstein_differs_from_class_wasserstein_when_predictions_disagree():
+    """E3 as the trainer uses it (each network's predictions, default beta) is its own metric:
+    where the student predicts another class than the teacher, the optimal plan crosses
+    (ground-truth) classes and E3 differs from E2; where cross-class matches cannot occur
+    (one-hot predictions equal to the ground truth, beta >= max cost / 2) it equals E2."""
+    rng = np.random.default_rng(16)
+    n, d, K = 24, 6, 3
+    y = np.arange(n) % K  # balanced: the class-weighted and plain means of eq. (4) coincide
+    centres = 3.0 * rng.normal(size=(K, d))
+    zt = centres[y] + rng.normal(size=(n, d))
+    zs = centres[y] + 1.5 * rng.normal(size=(n, d))
+    e2 = ref_class_w(zs, zt, y)
+    close(M.class_wasserstein(T(zs), T(zt), T(y)), e2)
+    # limit: labels cannot differ within a class and beta forbids crossing -> E3 = E2
+    onehot = np.eye(K)[y]
+    big = sqdist(zs, zt).max() / 2
+    got = M.joint_wasserstein(T(zs), T(zt), T(y), beta=big, ps=T(onehot), pt=T(onehot))
+    close(got, e2, rtol=1e-9)
+    # the student predicts the next class for a third of each class's images (teacher: the
+    # ground truth); the predicted classes stay balanced
+    wrong = (y + (np.arange(n) // K % 3 == 0)) % K
+    ps, pt = np.eye(K)[wrong], onehot
+    value, r, c = ref_joint_sq(zs, zt, teacher_beta(zt), ps, pt)
+    got = M.joint_wasserstein(T(zs), T(zt), T(y), ps=T(ps), pt=T(pt))
+    close(got, value)
+    assert (y[r] != y[c]).sum() >= 4  # the plan crosses classes
+    assert abs(float(got) - e2) > 0.05 * e2
 
 
 def test_joint_wasserstein_uses_the_teacher():
@@ -306,6 +375,98 @@ def test_gaussian_kl_diagonal(n, d):
     close(got, ref_kl(zs, zt, lw_alpha_diag(zs), lw_alpha_diag(zt), diagonal=True))
     got = M.gaussian_kl(T(zs), T(zt), diagonal=True, shrinkage=0.3, eps=1e-4)
     close(got, ref_kl(zs, zt, 0.3, 0.3, 1e-4, diagonal=True))
+
+
+def test_joint_wasserstein_at_training_size_ground_truth_versus_predictions():
+    """n = 128, d = 512, ten overlapping classes (issue 13 item 5). Ground truth on both sides:
+    no cross-class pair is matched for beta from 0.1 to 3 times the default, so E3 is exactly
+    the class-size-weighted E2. Each network's predictions (nearest-class-mean heads fitted on
+    an independent sample): the plan crosses classes for most samples and E3 is its own
+    metric, distinct from E1 and E2 by more than 5 %."""
+    rng = np.random.default_rng(19)
+    n, d, K = 128, 512, 10
+    y = rng.integers(0, K, n)
+    mu = 0.12 * rng.normal(size=(K, d))
+    teacher = lambda labels: np.maximum(mu[labels] + rng.normal(size=(len(labels), d)), 0)  # noqa: E731
+    student = lambda labels: np.maximum(0.6 * mu[labels] + rng.normal(size=(len(labels), d)), 0)  # noqa: E731,E501
+    zt, zs = teacher(y), student(y)
+    big = np.repeat(np.arange(K), 200)
+    heads = [np.stack([f(big)[big == k].mean(0) for k in range(K)]) for f in (student, teacher)]
+    ps, pt = (softmax(-sqdist(z, h) / 2.0) for z, h in zip((zs, zt), heads, strict=True))
+    e1, e2 = ref_w(zs, zt), ref_class_w(zs, zt, y)
+    weighted = sum((y == c).mean() * ref_w(zs[y == c], zt[y == c]) for c in np.unique(y))
+    C, beta = sqdist(zs, zt), teacher_beta(zt)
+    for factor in (0.1, 0.3, 1.0, 3.0):
+        r, c = linear_sum_assignment(C + factor * beta * 2.0 * (y[:, None] != y[None, :]))
+        assert (y[r] != y[c]).sum() == 0, factor
+    close(M.joint_wasserstein(T(zs), T(zt), T(y)), weighted)
+    value, r, c = ref_joint_sq(zs, zt, beta, ps, pt)
+    got = M.joint_wasserstein(T(zs), T(zt), T(y), ps=T(ps), pt=T(pt))
+    close(got, value)
+    assert (y[r] != y[c]).sum() > n // 2
+    assert min(abs(float(got) - e1), abs(float(got) - e2)) > 0.05 * e2
+
+
+@pytest.mark.parametrize("d", [8, 512])
+def test_gaussian_kl_two_and_three_samples(d):
+    """Issue 10 case 4: with n = 2 the Ledoit-Wolf intensity is exactly 0 (rank-1 covariance,
+    KL ~ 1e6-1e8). n = 2 now takes alpha = 1 (N(m, tr(Sigma)/d I)), n = 3 keeps Ledoit-Wolf,
+    n = 1 is refused; values finite, of the order of d, gradients finite."""
+    rng = np.random.default_rng(17)
+    zs, zt = np.maximum(rng.normal(size=(3, d)), 0), 1.3 * np.maximum(rng.normal(size=(3, d)), 0)
+    assert lw_alpha(zs[:2]) == 0.0  # sklearn agrees: the estimator is degenerate at n = 2
+    close(M.gaussian_kl(T(zs[:2]), T(zt[:2])), ref_kl(zs[:2], zt[:2], 1.0, 1.0))
+    close(
+        M.gaussian_kl(T(zs[:2]), T(zt[:2]), diagonal=True),
+        ref_kl(zs[:2], zt[:2], 1.0, 1.0, diagonal=True),
+    )
+    close(M.gaussian_kl(T(zs), T(zt)), ref_kl(zs, zt, lw_alpha(zs), lw_alpha(zt)))
+    for k in (2, 3):
+        for diagonal in (False, True):
+            s = T(zs[:k]).float().requires_grad_()
+            value = M.gaussian_kl(s, T(zt[:k]).float(), diagonal=diagonal)
+            value.backward()
+            v = float(value.detach())
+            assert 0 < v < 4 * d, (k, diagonal, v)
+            assert torch.isfinite(s.grad).all()
+    with pytest.raises(
+        ValueError,
+        match=r"gaussian_kl needs at least 2 rows on each side.*zt "
+        r"has 1 .*gaussian_wasserstein",
+    ):
+        M.gaussian_kl(T(zs), T(zt[:1]))
+
+
+@pytest.mark.parametrize("d", [8, 512])
+def test_class_gaussian_kl_classes_of_one_two_three_samples(d):
+    """Per-class reference with classes of 1, 2 and 3 samples: one sample -> alpha = 1 toward
+    the batch's tr(Sigma)/d; two -> alpha = 1 toward the class's own; three -> Ledoit-Wolf."""
+    rng = np.random.default_rng(18)
+    y = np.array([0, 1, 1, 2, 2, 2, 3, 3, 3])  # sizes 1, 2, 3, 3
+    n = len(y)
+    zs, zt = np.maximum(rng.normal(size=(n, d)), 0), 1.3 * np.maximum(rng.normal(size=(n, d)), 0)
+    mu = (np.trace(ml_fit(zs)[1]) / d, np.trace(ml_fit(zt)[1]) / d)
+    refs = []
+    for c in np.unique(y):
+        s, t = zs[y == c], zt[y == c]
+        if len(s) == 1:
+            refs.append(ref_kl(s, t, 1.0, 1.0, mu=mu))
+        elif len(s) == 2:
+            refs.append(ref_kl(s, t, 1.0, 1.0))
+        else:
+            refs.append(ref_kl(s, t, lw_alpha(s), lw_alpha(t)))
+    got = M.class_gaussian(T(zs), T(zt), T(y), divergence="kl")
+    close(got, np.mean(refs))
+    for per_class in (1, 2, 3):  # ten classes of 1, 2 or 3 samples each
+        yy = torch.arange(10).repeat_interleave(per_class)
+        s = T(np.maximum(rng.normal(size=(len(yy), d)), 0)).float().requires_grad_()
+        t = T(1.3 * np.maximum(rng.normal(size=(len(yy), d)), 0)).float()
+        for diagonal in (False, True):
+            value = M.class_gaussian(s, t, yy, divergence="kl", diagonal=diagonal)
+            (grad,) = torch.autograd.grad(value, s)
+            v = float(value.detach())
+            assert 0 < v < 4 * d, (per_class, diagonal, v)
+            assert torch.isfinite(grad).all()
 
 
 def test_ledoit_wolf_intensity_is_sklearns():

@@ -88,16 +88,17 @@ def test_logit_metric_and_student_probabilities_reach_the_metric():
 
     class Spy:
         def __init__(self, inputs, needs):
-            self.inputs, self.needs_student_probs = inputs, needs
+            self.inputs, self.needs_student_probs, self.needs_teacher_probs = inputs, needs, needs
 
-        def __call__(self, zs, zt, y=None, *, ps=None, validate=True):
-            calls.update(shape=tuple(zs.shape), ps=ps, validate=validate)
+        def __call__(self, zs, zt, y=None, *, ps=None, pt=None, validate=True):
+            calls.update(shape=tuple(zs.shape), ps=ps, pt=pt, validate=validate)
             return (zs - zt).pow(2).mean()
 
     student, teacher, projector = nets()
     x, y = batch()
     step(student, Distiller(teacher=teacher, metric=Spy("logits", False), lam=1.0), x, y)
-    assert calls["shape"] == (16, 10) and calls["ps"] is None and calls["validate"] is False
+    assert calls["shape"] == (16, 10) and calls["ps"] is None and calls["pt"] is None
+    assert calls["validate"] is False
     step(
         student,
         Distiller(teacher=teacher, metric=Spy("features", True), lam=1.0, projector=projector),
@@ -106,6 +107,7 @@ def test_logit_metric_and_student_probabilities_reach_the_metric():
     )
     assert calls["shape"] == (16, 32)
     torch.testing.assert_close(calls["ps"].sum(1), torch.ones(16))
+    torch.testing.assert_close(calls["pt"].sum(1), torch.ones(16))
 
 
 class _Batches:
@@ -120,9 +122,9 @@ class _Batches:
 
 
 class _NaN:
-    inputs, needs_student_probs = "features", False
+    inputs, needs_student_probs, needs_teacher_probs = "features", False, False
 
-    def __call__(self, zs, zt, y=None, *, ps=None, validate=True):
+    def __call__(self, zs, zt, y=None, *, ps=None, pt=None, validate=True):
         return zs.sum() * float("nan")
 
 

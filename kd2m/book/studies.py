@@ -38,6 +38,7 @@ import torch
 
 from kd2m import metrics as M
 from kd2m import theory
+from kd2m.metrics.empirical import joint_default_beta
 from kd2m.train import resolve_device
 
 __all__ = [
@@ -679,8 +680,9 @@ def joint_beta_study(
     is then the class-size-weighted mean of the per-class W_2^2, which equals the
     class-conditional Wasserstein of eq. (4) (an unweighted mean) when the classes are
     balanced. ``betas``: 0, then ``n_betas`` log-spaced values from 1e-3 times the mean
-    feature cost to that upper bound; ``default_beta`` is the mean feature cost, the default
-    of :func:`kd2m.metrics.joint_wasserstein`.
+    feature cost to that upper bound; ``default_beta`` is the default of
+    :func:`kd2m.metrics.joint_wasserstein` (the teacher's mean squared pairwise distance,
+    :func:`kd2m.metrics.empirical.joint_default_beta`).
     """
     w = _value(M.wasserstein(zs, zt))
     e2 = _value(M.class_wasserstein(zs, zt, y))
@@ -693,14 +695,15 @@ def joint_beta_study(
     values = np.array(
         [_value(M.joint_wasserstein(zs, zt, y, beta=float(b), label_cost="onehot")) for b in betas]
     )
-    default = _value(M.joint_wasserstein(zs, zt, y))
+    default = _value(M.joint_wasserstein(zs, zt, y, label_cost="onehot"))
+    default_beta = _value(joint_default_beta(zt))
     return {
         "betas": betas,
         "values": values,
         "wasserstein": w,
         "class_conditional": e2,
         "class_weighted": weighted,
-        "default_beta": mean_cost,
+        "default_beta": default_beta,
         "default_value": default,
         "balanced": bool(counts.min() == counts.max()),
     }
@@ -770,7 +773,7 @@ def plot_joint_beta(result: dict):
         ms=12,
         ls="none",
         color="C3",
-        label=r"default $\beta$ = mean feature cost",
+        label=r"default $\beta$ = teacher's mean squared pairwise distance",
     )
     ax.set_xlabel(r"label weight $\beta$")
     ax.set_ylabel("value")

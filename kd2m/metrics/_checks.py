@@ -3,9 +3,10 @@
 Every public function of :mod:`kd2m.metrics` validates its inputs here, at
 the boundary, and raises :class:`ValueError` with a message that names the
 offending argument, what it is and what was expected. The checks on shapes,
-ranks and dtypes are free (metadata only); the NaN/inf check costs one
-reduction and one host synchronisation per call and can be skipped with
-``validate=False``.
+ranks, dtypes and devices are free (metadata only); the NaN/inf checks (of
+the inputs, and of the result) cost one reduction and one host
+synchronisation each per call and are skipped with ``validate=False`` (the
+trainer's setting: it checks the loss once per epoch instead).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = [
 
 
 def public_metric(fn):
-    """Decorator of the public metrics: keyword check, and autocast disabled (CPU and CUDA).
+    """Decorator of the public metrics: keyword check, autocast disabled, finite result.
 
     * An unknown keyword argument raises ValueError naming it (instead of
       Python's TypeError), like the unknown options of ``get_metric``.
@@ -38,6 +39,13 @@ def public_metric(fn):
       where autocast would silently run their matrix products in
       bfloat16/float16; it is disabled inside, and inputs produced under
       autocast are upcast by :func:`check_features` instead.
+    * With ``validate=True`` (the default) a non-finite result of finite inputs
+      (an overflow: e.g. features of magnitude 1e30 squared in float32) raises
+      ValueError naming the metric, the value, the inputs' dtype and largest
+      magnitude, and the way out (rescale, or float64), instead of returning
+      inf/NaN. A failed factorisation (``torch.linalg.LinAlgError``, e.g. a
+      Cholesky or SVD of such inputs) raises the same kind of ValueError,
+      whatever ``validate``.
     """
     params = inspect.signature(fn).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -52,9 +60,42 @@ def public_metric(fn):
                 stack.enter_context(torch.autocast("cpu", enabled=False))
             if torch.cuda.is_available() and torch.is_autocast_enabled("cuda"):
                 stack.enter_context(torch.autocast("cuda", enabled=False))
-            return fn(*args, **kwargs)
+            try:
+                out = fn(*args, **kwargs)
+            except torch.linalg.LinAlgError as err:
+                raise ValueError(
+                    f"{fn.__name__}(): a matrix factorisation failed ({str(err).splitlines()[0]}) "
+                    f"on {_describe_inputs(args, kwargs)}; the features are beyond the range "
+                    "this metric can handle: rescale them (e.g. divide by their typical norm)"
+                    + (
+                        ""
+                        if kwargs.get("validate", True)
+                        else ", or check them for NaN/inf (validate=False skipped that check)"
+                    )
+                ) from err
+        if kwargs.get("validate", True) and not bool(torch.isfinite(out).all()):
+            raise ValueError(
+                f"{fn.__name__}() returned {out.detach().cpu().tolist()} (not finite) on "
+                f"{_describe_inputs(args, kwargs)}: the computation overflowed in {out.dtype}; "
+                "rescale the features (e.g. divide by their typical norm) or pass float64 tensors"
+            )
+        return out
 
     return wrapper
+
+
+def _describe_inputs(args, kwargs) -> str:
+    """'finite float32 inputs of largest magnitude 1e+30' (error messages only)."""
+    tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+    tensors = [t.detach() for t in tensors if t.is_floating_point() and t.numel() > 0]
+    if not tensors:
+        return "its inputs"
+    dtypes = ", ".join(sorted({str(t.dtype).removeprefix("torch.") for t in tensors}))
+    try:
+        largest = max(float(t.abs().max()) for t in tensors)
+    except (RuntimeError, NotImplementedError):  # e.g. meta tensors: no values to report
+        return f"{dtypes} inputs"
+    return f"{dtypes} inputs of largest magnitude {largest:.3g}"
 
 
 def work_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -125,8 +166,8 @@ def check_features(
     return zs.to(dtype), zt.to(dtype)
 
 
-def check_labels(y, n: int, *, name: str = "y") -> torch.Tensor:
-    """Validate integer labels of length ``n`` (one per feature row)."""
+def check_labels(y, n: int, *, name: str = "y", device=None) -> torch.Tensor:
+    """Validate integer labels of length ``n`` (one per feature row), on ``device`` if given."""
     if not isinstance(y, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of integer labels; got {type(y).__name__}")
     if y.ndim != 1:
@@ -137,7 +178,16 @@ def check_labels(y, n: int, *, name: str = "y") -> torch.Tensor:
         raise ValueError(
             f"{name} must have length n={n} (one label per feature row); got length {y.shape[0]}"
         )
+    _check_device(y, device, name)
     return y
+
+
+def _check_device(t: torch.Tensor, device, name: str) -> None:
+    if device is not None and t.device != torch.device(device):
+        raise ValueError(
+            f"{name} is on device {t.device} but the features are on {torch.device(device)}; "
+            f"move it there first (e.g. {name}.to(zs.device))"
+        )
 
 
 def check_nonnegative(value, name: str, *, strict: bool = False, allow_none: bool = False):
@@ -156,11 +206,14 @@ def check_nonnegative(value, name: str, *, strict: bool = False, allow_none: boo
     return value
 
 
-def check_probabilities(p, n: int, name: str, *, validate: bool = True, atol: float = 1e-2):
+def check_probabilities(
+    p, n: int, name: str, *, validate: bool = True, atol: float = 1e-2, device=None
+):
     """Validate an (n, K) matrix of probabilities (rows in the simplex, up to ``atol``)."""
     _check_matrix(p, name)
     if p.shape[0] != n:
         raise ValueError(f"{name} must have n={n} rows; got shape {tuple(p.shape)}")
+    _check_device(p, device, name)
     if validate:
         p32 = p.to(work_dtype(p))
         ok = torch.isfinite(p32).all() & (p32 >= 0).all()

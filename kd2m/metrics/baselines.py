@@ -16,6 +16,17 @@ def _sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return d.clamp_min(0)
 
 
+def _unit_rows(z: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their Euclidean norm; an all-zero row stays zero.
+
+    Each row is first divided by its largest magnitude (held constant: the
+    normalisation is scale-invariant, so value and gradient are unchanged),
+    so that the norm cannot overflow (rows of 1e30 in float32) nor underflow.
+    """
+    m = z.detach().abs().amax(dim=1, keepdim=True)
+    return F.normalize(z / torch.where(m > 0, m, torch.ones_like(m)), dim=1)
+
+
 @torch.no_grad()
 def _median_bandwidth(dxx, dyy, dxy) -> torch.Tensor:
     """Median heuristic: sigma = median pairwise distance of the pooled sample (1 if all zero)."""
@@ -58,7 +69,7 @@ def mmd(zs, zt, *, kernel: str = "gaussian", bandwidth=None, validate: bool = Tr
     if kernel == "polynomial":
         if bandwidth is not None:
             raise ValueError(f"bandwidth applies to kernel='gaussian' only; got {bandwidth!r}")
-        xs, xt = F.normalize(zs, dim=1), F.normalize(zt, dim=1)
+        xs, xt = _unit_rows(zs), _unit_rows(zt)
         kxx, kyy, kxy = (xs @ xs.T) ** 2, (xt @ xt.T) ** 2, (xs @ xt.T) ** 2
     else:
         bandwidth = check_nonnegative(bandwidth, "bandwidth", strict=True, allow_none=True)

@@ -8,6 +8,37 @@ on the inputs' device, as ``sum_ij gamma_ij cost_ij`` over the plan's support
 with the plan held fixed. By the envelope theorem this is the gradient of the
 OT value wherever the optimal plan is unique (and a valid subgradient
 otherwise): ``dW/dz^S_i = 2 (a_i z^S_i - sum_j gamma_ij z^T_j)``.
+
+Eq. (5), E3: which labels, which beta (open questions in EQUATIONS.md).
+
+* Labels. Each side carries a label distribution: the student's ``ps`` and
+  the teacher's ``pt``, their predicted probabilities, as the author's code
+  does (it compares the two networks' logits); the trainer passes
+  ``softmax`` of each network's logits. With the ground truth on both sides
+  a label mismatch costs 2 beta, and with beta of the order of the feature
+  costs no cross-class pair is matched at d = 512 (none of 128 on a
+  synthetic batch for beta from 0.1 to 3 times the default; issue 13 found
+  the same on training features): W_J is then exactly the class-size-
+  weighted eq. (4), not a metric of its own. Each network's predictions
+  differ from the ground truth and from each other, so their plan crosses
+  classes (96 of 128 samples on that batch, where E1, E2, E3 = 311, 326,
+  354; tests/test_metrics_values.py checks both facts at n = 128, d = 512).
+  The label cost then also carries gradient to
+  ``ps``: E3 distils the teacher's predictions as well as its features.
+  The squared Euclidean cost between label distributions is the paper's
+  Euclidean cost (Montesuma et al. 2023): on one-hot vectors it is 2 if the
+  labels differ, 0 otherwise. Probabilities rather than the author's raw
+  logits: logits are unbounded and defined up to a shift per sample.
+* Beta. A fixed number has no natural scale (squared distances of d = 512
+  features range over orders of magnitude during training). The default is
+  the teacher's mean squared pairwise distance ``2 tr(Sigma_T)``: a full
+  label disagreement (cost 2) costs about two typical feature distances, so
+  the plan follows the labels unless the features say otherwise, and W_J
+  stays homogeneous of degree 2 in the features like eq. (3). It depends on
+  the teacher only, so it is differentiated without giving the student an
+  incentive to shrink its features, and the gradient is that of the value
+  (the former default, the mean student-teacher cost, was held constant in
+  the backward pass).
 """
 
 from __future__ import annotations
@@ -25,7 +56,7 @@ from ._checks import (
     public_metric,
 )
 
-__all__ = ["wasserstein", "class_wasserstein", "joint_wasserstein"]
+__all__ = ["wasserstein", "class_wasserstein", "joint_wasserstein", "joint_default_beta"]
 
 _LOG_FLOOR = 1e-12  # probabilities are clamped to this before the log of the "ce" label cost
 
@@ -103,12 +134,20 @@ def class_wasserstein(zs, zt, y, *, validate: bool = True) -> torch.Tensor:
     ``C`` = the classes **present** in the batch; each term is eq. (3) between
     the rows of ``zs`` and of ``zt`` with label ``c`` (the same images on both
     sides, hence the same count n_c: an exact assignment problem per class).
-    The classes are **averaged** (the author's code summed them). A class
-    with one sample contributes the squared distance between its two points.
-    Returns a squared distance; differentiable by the envelope theorem.
+    A class with one sample contributes the squared distance between its two
+    points. Returns a squared distance; differentiable by the envelope theorem.
+
+    **Mean, not sum, over classes**, as eq. (4) is written (1/|C|); the
+    author's code summed them. The value and its gradient are therefore 1/|C|
+    times the author's: a lambda here acts like ``lambda / |C|`` in the
+    author's code, and the author's lambda is reproduced by ``|C| * lambda``
+    (|C| = 10 on nearly every batch of 128 for CIFAR-10 and SVHN, about 72 on
+    average for CIFAR-100). We average so that the value is the typical
+    per-class W_2^2, on the scale of eq. (3) (E1), and a lambda means the same
+    whatever the number of classes in a batch.
     """
     zs, zt = check_features(zs, zt, validate=validate)
-    y = check_labels(y, zs.shape[0])
+    y = check_labels(y, zs.shape[0], device=zs.device)
     C = _cost_matrix(zs, zt)
     yn = y.detach().cpu().numpy()
     classes = np.unique(yn)
@@ -122,6 +161,12 @@ def class_wasserstein(zs, zt, y, *, validate: bool = True) -> torch.Tensor:
     return _plan_cost(zs, zt, np.concatenate(rows), np.concatenate(cols), np.concatenate(weights))
 
 
+def joint_default_beta(zt: torch.Tensor) -> torch.Tensor:
+    """Default label weight of :func:`joint_wasserstein`: the teacher's mean squared pairwise
+    distance ``(1/n^2) sum_jj' ||zt_j - zt_j'||^2 = 2 tr(Sigma_T)`` (0-dim, differentiable)."""
+    return 2 * ((zt - zt.mean(dim=0)) ** 2).sum(dim=1).mean()
+
+
 @public_metric
 def joint_wasserstein(
     zs,
@@ -129,7 +174,7 @@ def joint_wasserstein(
     y,
     *,
     beta=None,
-    label_cost: str = "onehot",
+    label_cost: str = "sqeuclidean",
     ps=None,
     pt=None,
     validate: bool = True,
@@ -138,85 +183,107 @@ def joint_wasserstein(
 
     .. math::
         W_J = \min_{\gamma \in \Gamma(1/n, 1/n)} \sum_{ij} \gamma_{ij}
-              \big(\|z^S_i - z^T_j\|^2 + \beta\, \ell_Y(i, j)\big)
+              \big(\|z^S_i - z^T_j\|^2 + \beta\, \ell_Y(p_i, q_j)\big)
+
+    What E3 measures: how far the student's joint distribution of (feature,
+    predicted label) is from the teacher's, i.e. the least cost of moving the
+    student's samples onto the teacher's when a sample pays both for its
+    feature distance and for predicting differently from the teacher sample
+    it lands on; unlike eq. (4), which never compares two classes, a student
+    sample predicted as another class is matched across ground-truth classes.
 
     Rows ``i`` are the **student's** samples, columns ``j`` the **teacher's**
-    (the author's code compared the student with itself). Uniform weights and
-    equal sizes: an exact assignment problem. The value is the squared
-    feature distance plus beta times the label cost of the optimal plan.
+    (the author's code compared the student with itself); an exact assignment
+    problem. The value is the squared feature distance plus beta times the
+    label cost of the optimal plan. Labels: the student's ``p_i = ps[i]`` and
+    the teacher's ``q_j = pt[j]`` (predicted probabilities, n x K), each
+    one-hot of the ground truth ``y`` when not given; the trainer passes both
+    networks' softmax (why: module docstring). ``label_cost``:
 
-    Labels (open question in EQUATIONS.md), ``label_cost``:
+    * ``"sqeuclidean"`` (default): ``||p_i - q_j||^2``, the paper's Euclidean
+      label cost; 2 between different one-hot labels, 0 between equal ones.
+    * ``"onehot"``: ground truth on both sides (``ps``/``pt`` refused).
+    * ``"ce"`` (JDOT, Courty et al. 2017): ``-sum_k q_jk log p_ik`` (``ps``
+      required, clamped at 1e-12 before the log).
 
-    * ``"onehot"`` (default): ground truth on both sides,
-      ``l_Y = ||e_{y_i} - e_{y_j}||^2`` (2 if the labels differ, 0 otherwise).
-      Student and teacher see the same images, so the ground truth is the
-      only label that is not itself a model output; the label term is a
-      constant of the plan (no gradient), and it only steers the matching.
-    * ``"ce"`` (JDOT, Courty et al. 2017): ``l_Y = -sum_k q_jk log ps_ik``,
-      cross-entropy between the teacher side's label distribution ``q_j``
-      (one-hot ``y_j``, or the teacher's probabilities ``pt`` when given) and
-      the student's predicted probabilities ``ps`` (n x K, required; rows of
-      softmax outputs, clamped at 1e-12 before the log). The label term then
-      also carries gradient to ``ps`` (and to ``pt`` if it requires grad).
-
-    ``beta >= 0`` (ValueError otherwise). Default ``None``: ``beta`` = the
-    mean of the feature cost matrix ``||zs_i - zt_j||^2`` over the batch,
-    computed without gradient. A fixed number has no natural scale (squared
-    feature distances of d = 512 features range over orders of magnitude
-    during training, and beta = 1 is negligible against them); tying beta to
-    the typical student-teacher distance makes a label mismatch cost about two
-    typical feature distances, so the plan prefers same-class matches without
-    forbidding a very close cross-class pair, and keeps W_J homogeneous of
-    degree 2 in the features, like eq. (3). (``beta = 0`` gives eq. (3);
-    ``beta >= max cost / 2`` gives the class-size-weighted eq. (4).) Pass a
-    float for a fixed weight.
+    ``beta >= 0``; default :func:`joint_default_beta`, the teacher's mean
+    squared pairwise distance ``2 tr(Sigma_T)`` (why: module docstring).
+    ``beta = 0`` gives eq. (3); with one-hot labels on both sides,
+    ``beta >= max cost / 2`` gives the class-size-weighted eq. (4).
+    Gradient: envelope theorem (plan fixed), plus the label term's to
+    ``ps``/``pt`` and beta's to ``zt``: the gradient of the value wherever
+    the optimal plan is unique.
     """
     zs, zt = check_features(zs, zt, validate=validate)
     n = zs.shape[0]
-    y = check_labels(y, n)
+    y = check_labels(y, n, device=zs.device)
     beta = check_nonnegative(beta, "beta", allow_none=True)
-    check_choice(label_cost, "label_cost", ("onehot", "ce"))
+    check_choice(label_cost, "label_cost", ("sqeuclidean", "onehot", "ce"))
+    if label_cost == "onehot" and (ps is not None or pt is not None):
+        raise ValueError(
+            "label_cost='onehot' uses the ground truth y on both sides; got ps/pt: use "
+            "label_cost='sqeuclidean' for predicted probabilities"
+        )
     C = _cost_matrix(zs, zt)
     if beta is None:
-        beta = float(C.mean())
-    if label_cost == "onehot":
-        if ps is not None or pt is not None:
-            raise ValueError(
-                "ps and pt are only used with label_cost='ce'; got label_cost='onehot'"
-            )
+        beta_t = joint_default_beta(zt)
+        beta = float(joint_default_beta(zt.detach().double()))  # the plan's, in float64 like C
+    else:
+        beta_t = torch.as_tensor(beta, dtype=zs.dtype, device=zs.device)
+    if label_cost != "ce" and ps is None and pt is None:  # ground truth on both sides
         yn = y.detach().cpu().numpy()
         L = 2.0 * (yn[:, None] != yn[None, :])
         rows, cols = linear_sum_assignment(C + beta * L)
-        label_term = torch.as_tensor(beta * L[rows, cols].mean(), dtype=zs.dtype, device=zs.device)
+        label_term = beta_t * float(L[rows, cols].mean())
     else:
-        logp, q = _ce_inputs(zs, y, ps, pt, validate)
-        L = -(logp @ q.T)  # L[i, j] = -sum_k q_jk log ps_ik
-        rows, cols = linear_sum_assignment(C + beta * L.detach().double().cpu().numpy())
-        idx_r = torch.as_tensor(rows, device=zs.device)
-        idx_c = torch.as_tensor(cols, device=zs.device)
-        label_term = beta * L[idx_r, idx_c].mean()
+        rows, cols, label_cost_of_plan = _joint_plan_with_probabilities(
+            zs, y, ps, pt, C, beta, label_cost, validate
+        )
+        label_term = beta_t * label_cost_of_plan
     return _plan_cost(zs, zt, rows, cols, np.full(n, 1.0 / n)) + label_term
 
 
-def _ce_inputs(zs, y, ps, pt, validate):
-    """log ps (n x K) and the teacher-side label distribution q (n x K) in the working dtype."""
-    n = zs.shape[0]
-    if ps is None:
-        raise ValueError("label_cost='ce' needs ps, the student's predicted probabilities (n, K)")
-    check_probabilities(ps, n, "ps", validate=validate)
-    K = ps.shape[1]
-    dtype = torch.promote_types(zs.dtype, ps.dtype)
-    if pt is not None:
-        check_probabilities(pt, n, "pt", validate=validate)
-        if pt.shape[1] != K:
-            raise ValueError(f"pt must have K={K} columns like ps; got shape {tuple(pt.shape)}")
-        q = pt.to(device=zs.device, dtype=dtype)
+def _joint_plan_with_probabilities(zs, y, ps, pt, C, beta, label_cost, validate):
+    """Optimal plan of eq. (5) with label distributions, and its mean label cost (with gradient
+    to ``ps``/``pt``)."""
+    P, Q = _label_distributions(zs, y, ps, pt, validate, need_ps=label_cost == "ce")
+    if label_cost == "ce":
+        L = -(torch.log(P.clamp_min(_LOG_FLOOR)) @ Q.T)  # L[i, j] = -sum_k q_jk log p_ik
     else:
+        L = ((P * P).sum(1)[:, None] + (Q * Q).sum(1)[None, :] - 2 * P @ Q.T).clamp_min(0)
+    rows, cols = linear_sum_assignment(C + beta * L.detach().double().cpu().numpy())
+    idx_r = torch.as_tensor(rows, device=zs.device)
+    idx_c = torch.as_tensor(cols, device=zs.device)
+    if label_cost == "ce":
+        return rows, cols, L[idx_r, idx_c].mean()
+    # recomputed on the plan's support, where the clamp is inactive
+    return rows, cols, ((P[idx_r] - Q[idx_c]) ** 2).sum(dim=1).mean()
+
+
+def _label_distributions(zs, y, ps, pt, validate, *, need_ps):
+    """Student-side P and teacher-side Q label distributions (n x K), working dtype, zs's device.
+
+    Each is the given probabilities, or one-hot of ``y`` when not given.
+    """
+    n = zs.shape[0]
+    if ps is None and need_ps:
+        raise ValueError("label_cost='ce' needs ps, the student's predicted probabilities (n, K)")
+    dtype = zs.dtype
+    for name, p in (("ps", ps), ("pt", pt)):
+        if p is not None:
+            check_probabilities(p, n, name, validate=validate, device=zs.device)
+            dtype = torch.promote_types(dtype, p.dtype)
+    K = (ps if ps is not None else pt).shape[1]
+    if ps is not None and pt is not None and pt.shape[1] != K:
+        raise ValueError(f"pt must have K={K} columns like ps; got shape {tuple(pt.shape)}")
+    if ps is None or pt is None:
         if int(y.min()) < 0 or int(y.max()) >= K:
+            given = "ps" if ps is not None else "pt"
             raise ValueError(
-                f"y must hold class indices in [0, {K}) (K = ps.shape[1]); got values in "
+                f"y must hold class indices in [0, {K}) (K = {given}.shape[1]); got values in "
                 f"[{int(y.min())}, {int(y.max())}]"
             )
-        q = torch.nn.functional.one_hot(y.to(zs.device), K).to(dtype)
-    logp = torch.log(ps.to(device=zs.device, dtype=dtype).clamp_min(_LOG_FLOOR))
-    return logp, q
+        onehot = torch.nn.functional.one_hot(y.long(), K).to(dtype)
+    P = ps.to(dtype) if ps is not None else onehot
+    Q = pt.to(dtype) if pt is not None else onehot
+    return P, Q

@@ -25,7 +25,7 @@ __all__ = ["ALIASES", "METRICS", "TABLE1_METRICS", "Metric", "get_metric"]
 METRICS: dict[str, str] = {
     "wasserstein": "(E) exact squared 2-Wasserstein between empirical feature measures, eq. (3)",
     "class_wasserstein": "(E) class-conditional squared 2-Wasserstein, mean over classes, eq. (4)",
-    "joint_wasserstein": "(E) joint (feature, label) squared 2-Wasserstein, eq. (5)",
+    "joint_wasserstein": "(E) joint (feature, predicted label) squared 2-Wasserstein, eq. (5)",
     "gaussian_wasserstein": "(G) squared Bures-Wasserstein between Gaussian fits, eq. (6)",
     "gaussian_kl": "(G) KL(student || teacher) between shrunk Gaussian fits, eq. (7)",
     "class_gaussian": "(G) class-conditional Gaussian (eq. 6 by default, or eq. 7), class mean",
@@ -81,7 +81,7 @@ ALIASES: dict[str, str] = {
 
 _VALIDATORS = {
     "beta": lambda v: check_nonnegative(v, "beta", allow_none=True),
-    "label_cost": lambda v: check_choice(v, "label_cost", ("onehot", "ce")),
+    "label_cost": lambda v: check_choice(v, "label_cost", ("sqeuclidean", "onehot", "ce")),
     "diagonal": lambda v: _check_bool(v, "diagonal"),
     "shrinkage": _check_shrinkage,
     "eps": lambda v: check_nonnegative(v, "eps"),
@@ -93,8 +93,8 @@ _VALIDATORS = {
 
 
 class Metric:
-    """A configured metric: ``metric(zs, zt, y=None, *, ps=None, validate=True)`` -> 0-dim
-    tensor.
+    """A configured metric: ``metric(zs, zt, y=None, *, ps=None, pt=None, validate=True)`` ->
+    0-dim tensor.
 
     It declares what the trainer must give it:
 
@@ -102,8 +102,11 @@ class Metric:
       projected) or ``"logits"`` (``hinton``: the logits in place of the features);
     * ``uses_labels``: whether ``y`` is read (it is ignored otherwise);
     * ``needs_student_probs``: whether ``ps``, the student's predicted probabilities
-      (softmax of its logits, n x K), is required (``joint_wasserstein`` with
-      ``label_cost="ce"``, the JDOT label cost); it is refused otherwise;
+      (softmax of its logits, n x K), is required; ``needs_teacher_probs``: whether ``pt``,
+      the teacher's (softmax of its logits), is. Both are, for ``joint_wasserstein`` unless
+      ``label_cost="onehot"``: E3 compares the two networks' (feature, prediction)
+      distributions (``"sqeuclidean"``, the default) or uses the JDOT cross-entropy between
+      their predictions (``"ce"``). Each is refused where not needed;
     * ``validate=False`` skips the finiteness checks (no host synchronisation: the trainer
       checks each epoch's loss instead).
     """
@@ -114,17 +117,24 @@ class Metric:
         self.options = dict(options)
         self.inputs = spec.inputs
         self.uses_labels = spec.uses_labels
-        self.needs_student_probs = name == "joint_wasserstein" and options.get("label_cost") == "ce"
+        predictions = name == "joint_wasserstein" and options.get("label_cost") != "onehot"
+        self.needs_student_probs = self.needs_teacher_probs = predictions
         self._call = functools.partial(spec.fn, **self.options)
 
-    def __call__(self, zs, zt, y=None, *, ps=None, validate: bool = True) -> torch.Tensor:
+    def __call__(self, zs, zt, y=None, *, ps=None, pt=None, validate: bool = True) -> torch.Tensor:
         kwargs: dict = {"validate": validate}
-        if self.needs_student_probs:
-            if ps is None:
-                raise ValueError(f"{self!r} needs ps, the student's probabilities (n, K)")
-            kwargs["ps"] = ps
-        elif ps is not None:
-            raise ValueError(f"{self!r} takes no ps (only label_cost='ce' does)")
+        for key, value, needed, whose in (
+            ("ps", ps, self.needs_student_probs, "student"),
+            ("pt", pt, self.needs_teacher_probs, "teacher"),
+        ):
+            if needed:
+                if value is None:
+                    raise ValueError(
+                        f"{self!r} needs {key}, the {whose}'s predicted probabilities (n, K)"
+                    )
+                kwargs[key] = value
+            elif value is not None:
+                raise ValueError(f"{self!r} takes no {key}")
         if self.uses_labels:
             if y is None:
                 raise ValueError(f"metric {self.name!r} needs labels y; got y=None")
