@@ -30,6 +30,8 @@ import os
 import shutil
 import tarfile
 import time
+import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kd2m._io import atomic_torch_save
+from kd2m._io import FileError, atomic_torch_save, file_sha256, path_lock, read_json, torch_load
 
 __all__ = [
     "CACHE_FORMAT",
@@ -175,14 +177,6 @@ def tensor_sha256(*tensors: torch.Tensor) -> str:
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
     return h.hexdigest()
 
 
@@ -344,19 +338,69 @@ def load_data(
     if source == "torchvision":
         if folder is not None:
             raise ValueError("folder= is only used with source='folder' (or 'auto')")
-        return _load_torchvision(info, root, download)
+        return _load_checked(root, info, lambda: _load_torchvision(info, root, download))
     if source == "folder":
         if folder is None:
             raise ValueError("source='folder' needs folder= (an image-folder tree or archive)")
-        return _load_folder(info, root, Path(folder))
+        return _load_checked(root, info, lambda: _load_folder(info, root, Path(folder)))
     raise ValueError(f"unknown source {source!r}; expected 'auto', 'torchvision' or 'folder'")
+
+
+class _BadCache(Exception):
+    """A cache file that cannot be read or fails its checks (it is rebuilt)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _load_checked(root: Path, info: DatasetInfo, load) -> ImageData:
+    """``load()`` under the data root's lock for this dataset (concurrent processes decode
+    and write a cache once; the others wait, then read it). A cache that fails its checks
+    is deleted, with a warning naming it, and built again."""
+    with path_lock(root / "cache" / f".{info.name}.lock", f"reading {info.name}"):
+        try:
+            return load()
+        except _BadCache as bad:
+            warnings.warn(f"data cache {bad.path} is corrupt ({bad.reason}): deleting it and "
+                          "rebuilding it from the source", stacklevel=3)
+            bad.path.unlink(missing_ok=True)
+        try:
+            return load()
+        except _BadCache as bad:
+            raise FileError(bad.path, f"the data cache {bad.path} rebuilt from the source is "
+                            f"still corrupt ({bad.reason}): check the disk, delete "
+                            f"{bad.path.parent} and rerun") from None
+
+
+def _check_cache(info: DatasetInfo, cache: Path, blob) -> None:
+    """Raise :class:`_BadCache` unless ``blob`` is a kd2m cache of ``info`` whose tensors
+    match their stored content hash and whose labels lie in ``[0, num_classes)``."""
+    keys = ("x_train", "y_train", "x_test", "y_test", "classes", "provenance")
+    if not isinstance(blob, dict) or any(k not in blob for k in keys):
+        raise _BadCache(cache, "not a kd2m data cache")
+    if blob.get("format") != CACHE_FORMAT or blob.get("name") != info.name:
+        raise _BadCache(cache, f"not a format-{CACHE_FORMAT} cache of {info.name}")
+    for split in ("train", "test"):
+        x, y = blob[f"x_{split}"], blob[f"y_{split}"]
+        if x.dtype != torch.uint8 or x.dim() != 4 or y.shape != (x.shape[0],):
+            raise _BadCache(cache, f"{split} tensors of the wrong type or shape")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= info.num_classes):
+            raise _BadCache(cache, f"{split} labels outside [0, {info.num_classes})")
+    stored = blob["provenance"].get("content_sha256")
+    actual = tensor_sha256(blob["x_train"], blob["y_train"], blob["x_test"], blob["y_test"])
+    if stored != actual:
+        raise _BadCache(cache, f"content sha256 {actual[:12]} differs from the stored "
+                        f"{str(stored)[:12]}")
 
 
 def _from_cache(info: DatasetInfo, cache: Path, prov: dict) -> ImageData:
     t0 = time.perf_counter()
-    blob = torch.load(cache, map_location="cpu", weights_only=True)
-    if blob.get("format") != CACHE_FORMAT or blob.get("name") != info.name:
-        raise ValueError(f"{cache} is not a kd2m cache of {info.name} (format {CACHE_FORMAT})")
+    try:
+        blob = torch_load(cache, "", map_location="cpu", weights_only=True)
+    except FileError as exc:
+        raise _BadCache(cache, "unreadable: truncated or not a torch file") from exc
+    _check_cache(info, cache, blob)
     prov = {
         **prov,
         **blob["provenance"],
@@ -521,7 +565,7 @@ def _extract_once(archive: Path, target: Path, archive_sha: str) -> None:
     """Extract ``archive`` into ``target`` unless already done from the same archive."""
     marker = target / _MARKER
     if marker.is_file():
-        done = json.loads(marker.read_text())
+        done = read_json(marker, f"delete {target} and rerun (it is extracted again)")
         if done.get("archive_sha256") == archive_sha:
             return
         shutil.rmtree(target)  # ours (it has our marker), from another archive
@@ -535,8 +579,7 @@ def _extract_once(archive: Path, target: Path, archive_sha: str) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+        _extract(archive, tmp)
         (tmp / _MARKER).write_text(
             json.dumps({"archive": str(archive), "archive_sha256": archive_sha})
         )
@@ -551,6 +594,29 @@ def _extract_once(archive: Path, target: Path, archive_sha: str) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _extract(archive: Path, tmp: Path) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise FileError(archive, f"cannot extract {archive} ({exc!r}): it is not a complete "
+                        f"tar archive ({', '.join(ARCHIVE_SUFFIXES)}); copy it again, or pass "
+                        "the extracted image folder instead") from exc
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """The RGB pixels of one image file; a truncated or unreadable file raises
+    :class:`FileError` naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for broken files
+        raise FileError(path, f"cannot decode image {path} ({exc}): replace or delete the "
+                        "file and rerun") from exc
 
 
 def _abbrev(names: Sequence[str], k: int = 10) -> str:
@@ -573,16 +639,13 @@ def _list_split(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
 
 
 def _decode(files: list[list[Path]]) -> tuple[torch.Tensor, torch.Tensor]:
-    from PIL import Image
-
     n = sum(len(f) for f in files)
     x = np.empty((n, 32, 32, 3), dtype=np.uint8)
     y = np.empty(n, dtype=np.int64)
     i = 0
     for label, paths in enumerate(files):
         for p in paths:
-            with Image.open(p) as im:
-                a = np.asarray(im.convert("RGB"))
+            a = _read_image(p)
             if a.shape != (32, 32, 3):
                 raise ValueError(f"{p}: image of shape {a.shape}, expected 32x32 RGB")
             x[i] = a
