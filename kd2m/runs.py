@@ -23,13 +23,15 @@ import json
 import os
 import platform
 import socket
+import subprocess
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from kd2m._io import atomic_json, atomic_torch_save
+from kd2m._io import FileError, atomic_json, atomic_torch_save, file_sha256, read_json, torch_load
 from kd2m.data import Loader, load_data
 from kd2m.metrics import METRICS, get_metric, wasserstein
 from kd2m.models import build_model, make_projector
@@ -38,7 +40,8 @@ from kd2m.train import Distiller, evaluate, fit, resolve_device
 __all__ = ["RunConfig", "run", "load_record", "list_runs", "run_dir", "data_root",
            "load_model", "load_monitor", "RECORD_FORMAT"]
 
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: sha256 of the weights ("files"), per-epoch monitor heads, git state
+READABLE_FORMATS = (1, 2)  # format 1 records are listed and plotted, never reused by run()
 ROLES = ("teacher", "student")
 SOURCES = ("torchvision", "folder")
 MONITOR_SIZE = 1000  # class-balanced test images whose features are kept each epoch
@@ -90,6 +93,7 @@ class RunConfig:
         def bad(name, expected):
             raise ValueError(f"RunConfig.{name}={getattr(self, name)!r}: expected {expected}")
 
+        _check_types(self)
         if self.role not in ROLES:
             bad("role", f"one of {ROLES}")
         if self.source not in SOURCES:
@@ -130,6 +134,11 @@ class RunConfig:
                             f"student's {name}={getattr(self, name)!r}: both must see the same "
                             "data")
 
+        if self.metric is not None:
+            get_metric(self.metric, **self.metric_options)  # unknown or bad options raise
+        elif self.metric_options:
+            bad("metric_options", "{} when metric is None")
+
     # -- identity ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,33 +173,99 @@ class RunConfig:
         return f"{self.dataset}-{self.arch}-{kind}-s{self.seed}"
 
 
+_TYPES = {  # field -> (accepted types, None allowed, description); bool is not an int here
+    "role": (str, False, "a string"), "dataset": (str, False, "a string"),
+    "source": (str, False, "a string"), "arch": (str, False, "a string"),
+    "stem": (str, False, "a string"), "metric": (str, True, "None or a metric name"),
+    "n_train": (int, True, "None (all images) or a positive integer"),
+    "n_test": (int, True, "None (all images) or a positive integer"),
+    "width": (int, True, "None (the architecture's default) or a positive integer"),
+    "epochs": (int, False, "a positive integer"), "batch_size": (int, False, "a positive integer"),
+    "seed": (int, False, "an integer >= 0"), "pretrained": (bool, False, "true or false"),
+    "hflip": (bool, True, "None (the dataset's default), true or false"),
+    "metric_options": (dict, False, "a dict of metric options"),
+    **{k: ((int, float), False, "a finite number >= 0")
+       for k in ("lam", "lr", "momentum", "weight_decay", "lr_min")},
+}
+
+
+def _check_types(cfg: RunConfig) -> None:
+    """Every field of ``cfg`` has its type (``epochs=True``, ``seed=1.5`` or
+    ``hflip="no"`` raise ValueError naming the field and the value)."""
+    for name, (types, nullable, expected) in _TYPES.items():
+        v = getattr(cfg, name)
+        if v is None and nullable:
+            continue
+        wrong = not isinstance(v, types) or (isinstance(v, bool) and types is not bool)
+        if not wrong and name in ("width", "seed"):
+            wrong = v < (1 if name == "width" else 0)
+        if wrong:
+            raise ValueError(f"RunConfig.{name}={v!r}: expected {expected}")
+    if cfg.teacher is not None and not isinstance(cfg.teacher, RunConfig):
+        raise ValueError(f"RunConfig.teacher={cfg.teacher!r}: expected None or a RunConfig")
+
+
 def run_dir(cfg: RunConfig, root: Path | str | None = None) -> Path:
     root = Path(root) if root is not None else data_root()
     return root / "runs" / f"{cfg.name}-{cfg.hash}"
 
 
 def load_record(path: Path | str) -> dict:
-    """Read a record (a ``record.json`` or a run directory); checks its format version."""
+    """Read a record (a ``record.json`` or a run directory); checks its format version.
+    An unreadable or truncated file raises :class:`kd2m._io.FileError` naming it."""
     path = Path(path)
     if path.is_dir():
         path = path / "record.json"
-    rec = json.loads(path.read_text())
-    if rec.get("format") != RECORD_FORMAT:
-        raise ValueError(f"{path}: record format {rec.get('format')!r}, expected {RECORD_FORMAT}")
+    way_out = (f"delete {path.parent} and rerun to train the run again"
+               if path.name == "record.json" else f"restore or delete {path}")
+    rec = read_json(path, way_out)
+    if not isinstance(rec, dict) or rec.get("format") not in READABLE_FORMATS:
+        fmt = rec.get("format") if isinstance(rec, dict) else None
+        raise ValueError(f"{path}: record format {fmt!r}, expected one of {READABLE_FORMATS}: "
+                         f"{way_out}")
     return rec
 
 
 def list_runs(root: Path | str | None = None) -> list[dict]:
-    """All records under ``<root>/runs`` (and ``<root>/results``), newest first."""
+    """All records under ``<root>/runs`` (and ``<root>/results``), newest first. A record that
+    cannot be read is listed too, as ``{"status": "unreadable", "error": ..., "path": ...}``
+    (name from its directory, no history), last."""
     root = Path(root) if root is not None else data_root()
-    recs = []
+    recs, bad = [], []
     for pattern in ("runs/*/record.json", "results/**/*.json"):
         for p in root.glob(pattern):
             try:
                 recs.append(load_record(p) | {"path": str(p)})
-            except (ValueError, json.JSONDecodeError):
-                continue
-    return sorted(recs, key=lambda r: r.get("started", ""), reverse=True)
+            except (ValueError, FileError) as exc:
+                name = p.parent.name if p.name == "record.json" else p.stem
+                bad.append({"name": name, "hash": "", "status": "unreadable", "history": [],
+                            "final": {}, "wall_seconds": 0.0, "error": str(exc),
+                            "path": str(p)})
+    return sorted(recs, key=lambda r: r.get("started", ""), reverse=True) + bad
+
+
+def git_state(src: Path | str | None = None, timeout: float = 10.0) -> dict:
+    """The git commit of the kd2m source tree and whether it had uncommitted changes:
+    ``{"commit": sha or None, "dirty": bool or None, "error": why it could not tell}``.
+
+    ``src`` defaults to the package's directory; a package that git does not track there
+    (an installed copy, no git, not a checkout) gives ``commit=None`` and the reason."""
+    src = Path(src) if src is not None else Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True,
+                              timeout=timeout, check=True).stdout
+
+    try:
+        tracked = [p.name for p in src.glob("*.py")][:1] or ["."]
+        git("ls-files", "--error-unmatch", *tracked)  # the package itself is under git
+        commit = git("rev-parse", "HEAD").strip()
+        status = git("status", "--porcelain")
+    except (OSError, subprocess.SubprocessError) as exc:
+        why = getattr(exc, "stderr", None) or str(exc)
+        return {"commit": None, "dirty": None,
+                "error": f"not a git checkout of kd2m ({str(why).strip()[:200]})"}
+    return {"commit": commit, "dirty": bool(status.strip()), "error": None}
 
 
 def _environment(device: torch.device) -> dict:
@@ -207,7 +282,7 @@ def _environment(device: torch.device) -> dict:
     hw = {"host": socket.gethostname(), "platform": platform.platform(),
           "processor": platform.processor() or platform.machine(),
           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-          "device": str(device)}
+          "device": str(device), "pid": os.getpid()}
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
     versions = {"python": platform.python_version(), "torch": torch.__version__,
@@ -216,11 +291,28 @@ def _environment(device: torch.device) -> dict:
     from kd2m import __version__
 
     versions["kd2m"] = __version__
-    return {"hardware": hw, "versions": versions}
+    return {"hardware": hw, "versions": versions, "git": git_state()}
+
+
+_DATA_MEMO: dict = {}  # the last dataset read, so that a run and its teacher read it once
 
 
 def _load_data(cfg: RunConfig, root: Path, folder, download: bool):
-    data = load_data(cfg.dataset, source=cfg.source, root=root, folder=folder, download=download)
+    """The data of ``cfg`` (subset included), through kd2m.data's verified cache. The last
+    full dataset read is kept in memory, keyed by where it came from (and the size and
+    modification time of a given folder or archive)."""
+    where = None if folder is None else Path(folder)
+    stamp = None
+    if where is not None and where.exists():
+        st = where.stat()
+        stamp = (str(where.resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(Path(root).resolve()), cfg.dataset, cfg.source, str(where), stamp)
+    data = _DATA_MEMO.get(key)
+    if data is None:
+        data = load_data(cfg.dataset, source=cfg.source, root=root, folder=folder,
+                         download=download)
+        _DATA_MEMO.clear()
+        _DATA_MEMO[key] = data
     if cfg.n_train is not None or cfg.n_test is not None:
         data = data.subset(cfg.n_train, cfg.n_test, seed=0)
     return data
@@ -232,13 +324,38 @@ def _build(cfg: RunConfig, num_classes: int):
                        width=cfg.width)
 
 
-def load_model(cfg: RunConfig, root: Path | str | None = None, device="cpu"):
-    """The trained network of a finished run (and its projector, or None), in eval mode."""
+def _verified_file(cfg: RunConfig, root, name: str) -> Path:
+    """``<run dir>/<name>`` of a finished run, after checking it against the sha256 that the
+    run's record stores; raises naming the file and the way out otherwise."""
     d = run_dir(cfg, root)
-    path = d / "model.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run(config) first (run {cfg.name})")
-    blob = torch.load(path, map_location=device, weights_only=True)
+    rec_path, path = d / "record.json", d / name
+    if not rec_path.exists():
+        raise FileNotFoundError(f"{rec_path} does not exist: train the run first with "
+                                f"kd2m.runs.run(config) (run {cfg.name})")
+    rec = load_record(rec_path)
+    if rec.get("status") != "finished":
+        raise FileNotFoundError(f"run {d} is not finished ({rec.get('status')}): "
+                                "kd2m.runs.run(config) resumes it")
+    files = rec.get("files") or {}
+    if rec.get("format") == RECORD_FORMAT and name not in files:
+        raise FileNotFoundError(f"run {cfg.name} stores no {name} (only students distilled "
+                                "from a teacher keep a monitor)")
+    if name not in files:
+        raise FileError(path, f"{rec_path} has format {rec.get('format')}, which stores no "
+                        f"sha256 of {name}: kd2m.runs.run(config) trains the run again")
+    if not path.is_file() or file_sha256(path) != files[name]:
+        raise FileError(path, f"{path} is missing or differs from the sha256 stored in "
+                        f"{rec_path}: kd2m.runs.run(config) notices it and trains the run "
+                        "again")
+    return path
+
+
+def load_model(cfg: RunConfig, root: Path | str | None = None, device="cpu"):
+    """The trained network of a finished run (and its projector, or None), in eval mode.
+    ``model.pt`` is checked against the sha256 in the run's record first."""
+    path = _verified_file(cfg, root, "model.pt")
+    blob = torch_load(path, f"delete {path.parent} and rerun to train the run again",
+                      map_location=device, weights_only=True)
     model = _build(cfg, blob["num_classes"]).to(device)
     model.load_state_dict(blob["model"])
     model.eval()
@@ -254,11 +371,88 @@ def load_monitor(cfg: RunConfig, root: Path | str | None = None) -> dict:
     """Per-epoch features of the monitored test images (class-balanced, see
     ``_monitor_indices``): ``{"indices", "labels", "epochs": [student features per epoch
     (float16; projected into the teacher's space when sizes differ)], "teacher": teacher
-    features (float32), "head": [(W, b) of the student head per epoch]}``, on the CPU."""
-    path = run_dir(cfg, root) / "monitor.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run(config) first (run {cfg.name})")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    features (float32), "head": [(W, b) of the student head at the end of each epoch]}``, on
+    the CPU. ``monitor.pt`` is checked against the sha256 in the run's record first."""
+    path = _verified_file(cfg, root, "monitor.pt")
+    return torch_load(path, f"delete {path.parent} and rerun to train the run again",
+                      map_location="cpu", weights_only=True)
+
+
+class DataMismatchError(ValueError):
+    """A stored run was made from other data (content sha256) than the data given now."""
+
+
+def _check_same_data(rec: dict, data, rec_path: Path) -> None:
+    stored = (rec.get("data") or {}).get("content_sha256")
+    now = data.provenance.get("content_sha256")
+    if stored is not None and stored != now:
+        given = data.provenance.get("archive") or data.provenance.get("path")
+        raise DataMismatchError(
+            f"{rec_path} was made from other data (content sha256 {stored[:12]}, read from "
+            f"{rec['data'].get('archive') or rec['data'].get('path')}) than the data given now "
+            f"({now[:12]}, from {given}): pass the data it was made from, or delete "
+            f"{rec_path.parent} to train the run on this data")
+
+
+def _files_problem(rec: dict, d: Path, teacher_rec: dict | None) -> str | None:
+    """None when the finished record's files are there with the sha256 it stores (and its
+    teacher's weights are those it distilled); else what is wrong."""
+    if rec.get("format") != RECORD_FORMAT:
+        return (f"its record has format {rec.get('format')} (no checksums, monitors from "
+                "before per-epoch heads)")
+    files = rec.get("files") or {}
+    if "model.pt" not in files:
+        return "its record stores no sha256 of model.pt"
+    for name, sha in files.items():
+        if not (d / name).is_file():
+            return f"{d / name} is missing"
+        if file_sha256(d / name) != sha:
+            return f"{d / name} differs from the sha256 stored in its record"
+    if teacher_rec is not None and \
+            (rec.get("teacher") or {}).get("model_sha256") != teacher_rec["files"]["model.pt"]:
+        return f"its teacher {teacher_rec['name']} was trained again since"
+    return None
+
+
+def _reusable_record(d: Path, data, teacher_rec: dict | None, repair: bool) -> dict | None:
+    """The finished, verified record in ``d``, or None. A record made from other data raises
+    :class:`DataMismatchError`. With ``repair``, a finished record that fails its checks is
+    removed (with its files) after a warning, so that the run is trained again."""
+    rec_path = d / "record.json"
+    if not rec_path.exists():
+        return None
+    rec = load_record(rec_path)
+    _check_same_data(rec, data, rec_path)
+    if rec.get("status") != "finished":
+        return None
+    problem = _files_problem(rec, d, teacher_rec)
+    if problem is None:
+        return rec
+    if repair:
+        warnings.warn(f"run {d} is recorded as finished but {problem}: training it again",
+                      stacklevel=3)
+        for name in ("record.json", "model.pt", "monitor.pt", "checkpoint.pt"):
+            (d / name).unlink(missing_ok=True)
+    return None
+
+
+def _resume_state(d: Path, dev: torch.device) -> dict | None:
+    """The checkpoint of an interrupted run, if its sha256 is the one its record stores;
+    otherwise (corrupt, or from an older kd2m) it is deleted with a warning and the run
+    starts again from epoch 1."""
+    ckpt, rec_path = d / "checkpoint.pt", d / "record.json"
+    if not ckpt.exists():
+        return None
+    rec = load_record(rec_path) if rec_path.exists() else {}
+    sha = (rec.get("files") or {}).get("checkpoint.pt")
+    if rec.get("format") != RECORD_FORMAT or sha is None or file_sha256(ckpt) != sha:
+        warnings.warn(f"{ckpt} does not match the sha256 stored in {rec_path} (corrupt, or "
+                      "written by an older kd2m): starting the run again from epoch 1",
+                      stacklevel=3)
+        ckpt.unlink()
+        return None
+    return torch_load(ckpt, f"delete {ckpt} and rerun (the run starts again from epoch 1)",
+                      map_location=dev, weights_only=False)
 
 
 def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | None = None,
