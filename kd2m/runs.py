@@ -31,7 +31,16 @@ from pathlib import Path
 
 import torch
 
-from kd2m._io import FileError, atomic_json, atomic_torch_save, file_sha256, read_json, torch_load
+from kd2m._io import (
+    FileError,
+    atomic_json,
+    atomic_torch_save,
+    file_sha256,
+    path_lock,
+    probe_writable,
+    read_json,
+    torch_load,
+)
 from kd2m.data import Loader, load_data
 from kd2m.metrics import METRICS, get_metric, wasserstein
 from kd2m.models import build_model, make_projector
@@ -460,7 +469,12 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
         stop_after: int | None = None) -> dict:
     """Return the record of ``cfg``, training it (and its teacher) first if needed.
 
-    A finished run is loaded, not retrained. An interrupted one resumes from its checkpoint.
+    A finished run is loaded, not retrained, once its files match the sha256 its record
+    stores and its data (content sha256) is the data given now; a finished record whose
+    weights are missing or differ is trained again (with a warning), one made from other
+    data raises :class:`DataMismatchError`. An interrupted run resumes from its checkpoint
+    (when the checkpoint matches its record). Processes asking for the same run train it
+    once: the others wait for the run directory's lock, then load the record.
     ``stop_after=k`` stops after epoch ``k`` as a kill would (for tests), leaving a
     ``"running"`` record and a checkpoint. ``progress=None`` reads ``$KD2M_PROGRESS``
     (``0`` turns bars off), default on.
@@ -470,23 +484,49 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
     root = Path(root) if root is not None else data_root()
     if progress is None:
         progress = os.environ.get("KD2M_PROGRESS", "1") not in ("0", "false", "no")
-    d = run_dir(cfg, root)
-    rec_path = d / "record.json"
-    if rec_path.exists():
-        rec = load_record(rec_path)
-        if rec["status"] == "finished":
-            return rec
-
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: pick the fastest kernels
+    dev = resolve_device(device)  # a device that cannot train fails before any work
     teacher_rec = None
-    distiller = None
-    teacher = None
     if cfg.teacher is not None:
         teacher_rec = run(cfg.teacher, root=root, folder=folder, download=download,
-                          device=device, progress=progress)
+                          device=dev, progress=progress)
     data = _load_data(cfg, root, folder, download)
+    d = run_dir(cfg, root)
+    rec = _reusable_record(d, data, teacher_rec, repair=False)
+    if rec is not None:
+        return rec
+    probe_writable(d)  # a read-only or full store fails now, not after the first epoch
+    with path_lock(d / "run.lock", f"run {cfg.name}"):
+        rec = _reusable_record(d, data, teacher_rec, repair=True)  # finished while we waited?
+        if rec is not None:
+            return rec
+        job = _prepare(cfg, d, data, teacher_rec, dev, root, folder)
+        return _train(job, progress, stop_after)
+
+
+@dataclass
+class _Job:
+    """Everything one training run needs, built by :func:`_prepare`."""
+
+    cfg: RunConfig
+    d: Path
+    data: object
+    dev: torch.device
+    folder: str | None
+    teacher_rec: dict | None
+    hflip: bool
+    model: torch.nn.Module
+    train_loader: Loader
+    test_loader: Loader
+    monitor_loader: Loader
+    mon_idx: torch.Tensor
+    distiller: Distiller | None = None
+    teacher_feats: torch.Tensor | None = None
+    projector_dims: tuple | None = None
+
+
+def _prepare(cfg: RunConfig, d: Path, data, teacher_rec, dev, root, folder) -> _Job:
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: pick the fastest kernels
     hflip = data.info.hflip if cfg.hflip is None else cfg.hflip
     loader_kw = {"device": dev, "channels_last": dev.type == "cuda"}
     train_loader = Loader.from_data(data, "train", batch_size=cfg.batch_size, train=True,
@@ -496,98 +536,126 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
     model = _build(cfg, len(data.classes)).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-
     # The monitor: a fixed, class-balanced set of test images (the first of each class in
     # test order), whose features are kept every epoch for Fig. 3 and the theory chapter.
     mon_idx = _monitor_indices(data.y_test, MONITOR_SIZE)
     monitor_loader = Loader(data.x_test[mon_idx], data.y_test[mon_idx], mean=data.info.mean,
                             std=data.info.std, batch_size=500, train=False, **loader_kw)
-    teacher_feats = None
-    projector_dims = None
+    job = _Job(cfg, d, data, dev, None if folder is None else str(folder), teacher_rec, hflip,
+               model, train_loader, test_loader, monitor_loader, mon_idx)
     if cfg.teacher is not None:
-        teacher, _ = load_model(cfg.teacher, root, device=dev)
-        if dev.type == "cuda":
-            teacher = teacher.to(memory_format=torch.channels_last)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        projector = None
-        if model.feature_dim != teacher.feature_dim:
-            torch.manual_seed(cfg.seed + 1)
-            projector = make_projector(model.feature_dim, teacher.feature_dim).to(dev)
-            projector_dims = (model.feature_dim, teacher.feature_dim)
-        metric = get_metric(cfg.metric, **cfg.metric_options) if cfg.metric else None
-        distiller = Distiller(teacher=teacher, metric=metric, lam=cfg.lam, projector=projector)
-        teacher_feats = evaluate(teacher, monitor_loader, device=dev,
-                                 keep_features=len(mon_idx))["features"]
+        _attach_teacher(job, root)
+    return job
 
-    ckpt_path = d / "checkpoint.pt"
-    state = None
-    monitor = {"epochs": [], "head": [], "teacher": teacher_feats, "indices": mon_idx,
-               "labels": data.y_test[mon_idx]}
+
+def _attach_teacher(job: _Job, root) -> None:
+    cfg, dev = job.cfg, job.dev
+    teacher, _ = load_model(cfg.teacher, root, device=dev)
+    if dev.type == "cuda":
+        teacher = teacher.to(memory_format=torch.channels_last)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    projector = None
+    if job.model.feature_dim != teacher.feature_dim:
+        torch.manual_seed(cfg.seed + 1)
+        projector = make_projector(job.model.feature_dim, teacher.feature_dim).to(dev)
+        job.projector_dims = (job.model.feature_dim, teacher.feature_dim)
+    metric = get_metric(cfg.metric, **cfg.metric_options) if cfg.metric else None
+    job.distiller = Distiller(teacher=teacher, metric=metric, lam=cfg.lam, projector=projector)
+    job.teacher_feats = evaluate(teacher, job.monitor_loader, device=dev,
+                                 keep_features=len(job.mon_idx))["features"]
+
+
+def _record(job: _Job, history: list, status: str, wall: float, started: str, env: dict,
+            files: dict) -> dict:
+    cfg, data, trec = job.cfg, job.data, job.teacher_rec
+    final = {k: history[-1][k] for k in ("test_acc", "test_ce", "train_acc", "train_ce")} \
+        if history else {}
+    return {
+        "format": RECORD_FORMAT, "name": cfg.name, "hash": cfg.hash, "status": status,
+        "config": cfg.to_dict(), "history": history, "final": final,
+        "teacher": None if trec is None else {
+            "name": trec["name"], "hash": trec["hash"], "test_acc": trec["final"]["test_acc"],
+            "model_sha256": trec["files"]["model.pt"]},
+        "data": data.provenance | {"folder": job.folder,
+                                   "n_train": int(data.y_train.shape[0]),
+                                   "n_test": int(data.y_test.shape[0]), "hflip": job.hflip},
+        **env, "started": started, "wall_seconds": wall, "files": files,
+    }
+
+
+def _monitor_epoch(job: _Job, row: dict, monitor: dict) -> None:
+    """Append this epoch's monitored student features and head (copies, not views of the
+    live parameters) and record the feature distances to the teacher in ``row``."""
+    test = evaluate(job.model, job.monitor_loader, device=job.dev,
+                    keep_features=len(job.mon_idx))
+    zs = test["features"]
+    if job.projector_dims is not None:
+        with torch.no_grad():
+            zs = job.distiller.projector(zs.to(job.dev)).float().cpu()
+    zt = job.teacher_feats
+    row["test_feature_w2"] = float(wasserstein(zs.double(), zt.double()))
+    row["test_feature_gap"] = float((zs - zt).norm(dim=1).mean())
+    monitor["epochs"].append(zs.half())
+    head = job.model.head
+    monitor["head"].append((head.weight.detach().to("cpu", torch.float32, copy=True),
+                            head.bias.detach().to("cpu", torch.float32, copy=True)))
+
+
+def _train(job: _Job, progress: bool, stop_after: int | None) -> dict:
+    cfg, d, dev = job.cfg, job.d, job.dev
+    ckpt_path, rec_path = d / "checkpoint.pt", d / "record.json"
+    monitor = {"epochs": [], "head": [], "teacher": job.teacher_feats, "indices": job.mon_idx,
+               "labels": job.data.y_test[job.mon_idx]}
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     wall_before = 0.0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        monitor = state.pop("monitor")
-        started = state.pop("started")
+    state = _resume_state(d, dev)
+    if state is not None:
+        monitor, started = state.pop("monitor"), state.pop("started")
         wall_before = state.pop("wall_seconds")
     env = _environment(dev)
     t_start = time.perf_counter()
 
-    def record(history, status, wall):
-        final = {k: history[-1][k] for k in ("test_acc", "test_ce", "train_acc", "train_ce")} \
-            if history else {}
-        return {
-            "format": RECORD_FORMAT, "name": cfg.name, "hash": cfg.hash, "status": status,
-            "config": cfg.to_dict(), "history": history, "final": final,
-            "teacher": None if teacher_rec is None else {
-                "name": teacher_rec["name"], "hash": teacher_rec["hash"],
-                "test_acc": teacher_rec["final"]["test_acc"]},
-            "data": data.provenance | {"folder": None if folder is None else str(folder),
-                                       "n_train": int(data.y_train.shape[0]),
-                                       "n_test": int(data.y_test.shape[0]), "hflip": hflip},
-            **env, "started": started, "wall_seconds": wall,
-        }
-
     def on_epoch_end(row, st):
-        if teacher_feats is not None:
-            test = evaluate(model, monitor_loader, device=dev, keep_features=len(mon_idx))
-            zs = test["features"]
-            if projector_dims is not None:
-                with torch.no_grad():
-                    zs = distiller.projector(zs.to(dev)).float().cpu()
-            row["test_feature_w2"] = float(wasserstein(zs.double(), teacher_feats.double()))
-            row["test_feature_gap"] = float((zs - teacher_feats).norm(dim=1).mean())
-            monitor["epochs"].append(zs.half())
-            head = model.head
-            monitor["head"].append((head.weight.detach().float().cpu(),
-                                    head.bias.detach().float().cpu()))
+        if job.teacher_feats is not None:
+            _monitor_epoch(job, row, monitor)
         wall = wall_before + time.perf_counter() - t_start
         atomic_torch_save(st | {"monitor": monitor, "started": started,
                                 "wall_seconds": wall}, ckpt_path)
-        atomic_json(record(st["history"], "running", wall), rec_path)
+        files = {"checkpoint.pt": file_sha256(ckpt_path)}
+        atomic_json(_record(job, st["history"], "running", wall, started, env, files),
+                    rec_path)
         if stop_after is not None and row["epoch"] >= stop_after and row["epoch"] < cfg.epochs:
             raise _Stopped
 
     try:
-        history = fit(model, train_loader=train_loader, test_loader=test_loader,
+        history = fit(job.model, train_loader=job.train_loader, test_loader=job.test_loader,
                       epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum,
                       weight_decay=cfg.weight_decay, lr_min=cfg.lr_min, device=dev,
-                      distiller=distiller, state=state, on_epoch_end=on_epoch_end,
+                      distiller=job.distiller, state=state, on_epoch_end=on_epoch_end,
                       progress=progress)
     except _Stopped:
         return load_record(rec_path)
     wall = wall_before + time.perf_counter() - t_start
-    proj = distiller.projector if distiller is not None else None
+    return _finish(job, history, monitor, wall, started, env)
+
+
+def _finish(job: _Job, history: list, monitor: dict, wall: float, started: str,
+            env: dict) -> dict:
+    """Write model.pt (and monitor.pt), then the finished record with their sha256."""
+    d = job.d
+    proj = job.distiller.projector if job.distiller is not None else None
     atomic_torch_save({
-        "model": model.state_dict(), "num_classes": len(data.classes),
+        "model": job.model.state_dict(), "num_classes": len(job.data.classes),
         "projector": proj.state_dict() if proj is not None else None,
-        "projector_dims": projector_dims}, d / "model.pt")
-    if teacher_feats is not None:
+        "projector_dims": job.projector_dims}, d / "model.pt")
+    files = {"model.pt": file_sha256(d / "model.pt")}
+    if job.teacher_feats is not None:
         atomic_torch_save(monitor, d / "monitor.pt")
-    rec = record(history, "finished", wall)
-    atomic_json(rec, rec_path)
-    ckpt_path.unlink(missing_ok=True)
+        files["monitor.pt"] = file_sha256(d / "monitor.pt")
+    rec = _record(job, history, "finished", wall, started, env, files)
+    atomic_json(rec, d / "record.json")
+    (d / "checkpoint.pt").unlink(missing_ok=True)
     return rec
 
 

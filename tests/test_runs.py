@@ -46,7 +46,7 @@ def root(tmp_path, monkeypatch):
 def test_teacher_baseline_and_kd2m_records(root, folder):
     cfg = tiny("wasserstein", lam=0.05)
     rec = run(cfg, root=root, folder=folder, device="cpu")
-    assert rec["status"] == "finished" and rec["format"] == 1
+    assert rec["status"] == "finished" and rec["format"] == 2
     assert rec["config"] == cfg.to_dict() and rec["hash"] == cfg.hash
     assert [h["epoch"] for h in rec["history"]] == [1, 2]
     keys = {"epoch", "lr", "train_ce", "train_distill", "train_acc", "test_ce", "test_acc",
