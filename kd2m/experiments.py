@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kd2m.profiles import student_config, teacher_config, teacher_overrides
+from kd2m.profiles import check_folders, student_config, teacher_config, teacher_overrides
 from kd2m.runs import RunConfig, load_monitor, run
 
 __all__ = ["data_args", "table1_configs", "table1_runs", "sweep_configs", "sweep_runs",
@@ -19,9 +19,11 @@ __all__ = ["data_args", "table1_configs", "table1_runs", "sweep_configs", "sweep
 
 def data_args(dataset: str, folders: dict | None, download: bool = False) -> dict:
     """``source`` / ``folder`` / ``download`` for ``dataset``: the image folder (or archive)
-    named in ``folders`` when it exists, else torchvision's official files."""
+    named in ``folders``, else torchvision's official files. A folder named there that does
+    not exist raises :class:`kd2m.data.DataNotFoundError` (no silent switch to torchvision)."""
     folder = (folders or {}).get(dataset)
-    if folder is not None and Path(folder).exists():
+    if folder is not None:
+        check_folders({dataset: folder})
         return {"source": "folder", "folder": str(folder), "download": False}
     return {"source": "torchvision", "folder": None, "download": download}
 

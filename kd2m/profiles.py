@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kd2m.runs import RunConfig
 
-__all__ = ["PROFILES", "teacher_config", "student_config", "teacher_overrides"]
+__all__ = ["PROFILES", "teacher_config", "student_config", "teacher_overrides",
+           "check_parameters", "check_folders"]
 
 PROFILES: dict[str, dict] = {
     "paper": {
@@ -92,3 +95,58 @@ def student_config(profile: str, dataset: str, metric: str | None = None, *,
            "lam": float(lam), "seed": p["seed"] if seed is None else seed, "teacher": teacher}
     kw |= overrides
     return RunConfig(**kw)
+
+
+def check_folders(folders: dict | None) -> None:
+    """Every path in ``folders`` (dataset -> image folder or archive) exists; a missing one
+    raises :class:`kd2m.data.DataNotFoundError` naming it (instead of silently falling back
+    to torchvision's files)."""
+    from kd2m.data import DataNotFoundError
+
+    if folders is None:
+        return
+    if not isinstance(folders, dict):
+        raise ValueError(f"folders={folders!r}: expected a dict dataset -> path")
+    for name, path in folders.items():
+        if path is not None and not Path(path).exists():
+            raise DataNotFoundError(
+                f"folders[{name!r}]={str(path)!r} does not exist (resolved from "
+                f"{Path.cwd()}: {Path(path).resolve()}): fix the path, or remove the entry "
+                f"to read {name} through torchvision (download=True fetches it)")
+
+
+def check_parameters(profile: str, *, device: str | None = None, folders: dict | None = None,
+                     datasets: list[str] | None = None, dataset: str | None = None,
+                     rows: list[str] | None = None, metric: str | None = None,
+                     metrics: list[str] | None = None, lambdas: list[float] | None = None,
+                     seeds: list[int] | None = None, overrides: dict | None = None) -> None:
+    """Check a chapter's parameters before it computes anything (the notebooks call it at
+    the top): a known profile, a device that exists here, folders that exist, known
+    datasets, Table 1 rows and metrics, lambdas >= 0, integer seeds, overrides that are
+    RunConfig fields. Raises ValueError (or DataNotFoundError) naming the bad value."""
+    from kd2m.data import DATASETS
+    from kd2m.metrics import METRICS, TABLE1_METRICS
+    from kd2m.train import resolve_device
+
+    _profile(profile)
+    if device is not None:
+        resolve_device(device)
+    check_folders(folders)
+    for name in list(datasets or []) + ([dataset] if dataset is not None else []):
+        if name not in DATASETS and name not in (folders or {}):
+            raise ValueError(f"dataset {name!r}: expected one of {sorted(DATASETS)} (or a "
+                             "dataset given in folders)")
+    unknown = [r for r in rows or [] if r not in TABLE1_METRICS]
+    if unknown:
+        raise ValueError(f"rows={unknown}: expected Table 1 rows among {sorted(TABLE1_METRICS)}")
+    unknown = [m for m in list(metrics or []) + [metric] if m is not None and m not in METRICS]
+    if unknown:
+        raise ValueError(f"metric(s) {unknown}: expected among {sorted(METRICS)}")
+    bad = [x for x in lambdas or [] if isinstance(x, bool) or not isinstance(x, int | float)
+           or not x >= 0]
+    if bad:
+        raise ValueError(f"lambdas {bad}: expected numbers >= 0")
+    bad = [x for x in seeds or [] if isinstance(x, bool) or not isinstance(x, int)]
+    if bad:
+        raise ValueError(f"seeds {bad}: expected integers")
+    _check_overrides(dict(overrides or {}))
