@@ -41,6 +41,10 @@ def _write_reason(path: Path, exc: BaseException) -> str:
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return (f"cannot write {path} ({exc.strerror or exc}): make {path.parent} writable "
                 "or set KD2M_DATA (or root=) to a writable data root")
+    if code in (errno.EEXIST, errno.ENOTDIR):
+        return (f"cannot write {path}: a file stands where a directory is needed "
+                f"({exc.filename or path}): move it away or set KD2M_DATA (or root=) to "
+                "another data root")
     return f"writing {path} failed ({exc!r}): check the file system of {path.parent} and rerun"
 
 
