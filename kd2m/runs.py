@@ -3,13 +3,20 @@
 ``run(config)`` returns the JSON record of a finished run, training it first if needed:
 
 * ``data/runs/<name>-<hash>/record.json``: config, per-epoch history, final metrics, data
-  provenance, hardware, library versions, wall time; written atomically (temp file +
-  ``os.replace``) after every epoch with ``"status": "running"`` and at the end with
-  ``"status": "finished"``;
+  provenance (with the data's content sha256), hardware, library versions, git commit and
+  whether the tree was dirty, wall time, and the sha256 of the files below (``"files"``);
+  written atomically (temp file + ``os.replace``) after every epoch with ``"status":
+  "running"`` and at the end with ``"status": "finished"``;
 * ``checkpoint.pt``: the resumable state after the last finished epoch (a killed run resumes
   from it and replays exactly the batches it would have seen);
-* ``model.pt``: the final weights (and projector); ``monitor.pt``: the first test features
-  of every epoch (the theory chapter and Fig. 3 read them).
+* ``model.pt``: the final weights (and projector); ``monitor.pt``: the monitored test
+  features and the head of every epoch (the theory chapter and Fig. 3 read them).
+
+Every file is checked against its sha256 in the record before it is loaded. A finished run
+whose files are missing or differ is trained again (with a warning); a checkpoint that
+differs is discarded (the run starts again); a record made from other data than the data
+given now raises :class:`DataMismatchError`. ``run.lock`` in the run directory makes
+concurrent processes asking for the same run train it once; the others wait and load it.
 
 Checkpoints are never committed; records of reference runs may be copied to
 ``data/results/``.
