@@ -54,7 +54,7 @@ from kd2m.models import build_model, make_projector
 from kd2m.train import Distiller, evaluate, fit, resolve_device
 
 __all__ = ["RunConfig", "run", "load_record", "list_runs", "run_dir", "data_root",
-           "load_model", "load_monitor", "RECORD_FORMAT"]
+           "load_model", "load_monitor", "git_state", "DataMismatchError", "RECORD_FORMAT"]
 
 RECORD_FORMAT = 2  # 2: sha256 of the weights ("files"), per-epoch monitor heads, git state
 READABLE_FORMATS = (1, 2)  # format 1 records are listed and plotted, never reused by run()
