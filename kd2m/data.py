@@ -601,7 +601,8 @@ def _extract(archive: Path, tmp: Path) -> None:
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise FileError(archive, f"cannot extract {archive} ({exc!r}): it is not a complete "
+        why = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        raise FileError(archive, f"cannot extract {archive} ({why}): it is not a complete "
                         f"tar archive ({', '.join(ARCHIVE_SUFFIXES)}); copy it again, or pass "
                         "the extracted image folder instead") from exc
 
