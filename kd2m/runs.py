@@ -315,15 +315,16 @@ _DATA_MEMO: dict = {}  # the last dataset read, so that a run and its teacher re
 
 def _load_data(cfg: RunConfig, root: Path, folder, download: bool):
     """The data of ``cfg`` (subset included), through kd2m.data's verified cache. The last
-    full dataset read is kept in memory, keyed by where it came from (and the size and
-    modification time of a given folder or archive)."""
+    full dataset read from torchvision's files or an archive is kept in memory, keyed by
+    where it came from (and the archive's size and modification time); an image folder is
+    listed again on every call (kd2m.data keys its cache on the listing)."""
     where = None if folder is None else Path(folder)
     stamp = None
-    if where is not None and where.exists():
+    if where is not None and where.is_file():
         st = where.stat()
         stamp = (str(where.resolve()), st.st_size, st.st_mtime_ns)
     key = (str(Path(root).resolve()), cfg.dataset, cfg.source, str(where), stamp)
-    data = _DATA_MEMO.get(key)
+    data = _DATA_MEMO.get(key) if where is None or stamp is not None else None
     if data is None:
         data = load_data(cfg.dataset, source=cfg.source, root=root, folder=folder,
                          download=download)
