@@ -273,8 +273,9 @@ def git_state(src: Path | str | None = None, timeout: float = 10.0) -> dict:
                               timeout=timeout, check=True).stdout
 
     try:
-        tracked = [p.name for p in src.glob("*.py")][:1] or ["."]
-        git("ls-files", "--error-unmatch", *tracked)  # the package itself is under git
+        # the package itself must be tracked (not an installed copy inside some other repo)
+        git("ls-files", "--error-unmatch", "__init__.py" if (src / "__init__.py").exists()
+            else ".")
         commit = git("rev-parse", "HEAD").strip()
         status = git("status", "--porcelain")
     except (OSError, subprocess.SubprocessError) as exc:
