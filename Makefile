@@ -19,6 +19,8 @@ nbval:
 
 lint:
 	$(PY) -m ruff check kd2m tests
+	$(PY) -m ruff format --check kd2m tests
+	$(PY) -m mypy
 
 test: setup lint unit nbval
 

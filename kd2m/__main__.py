@@ -36,10 +36,13 @@ class UsageError(ValueError):
 # RunConfig fields that have their own flag (or none): `--set` refuses them
 _NOT_SETTABLE = {
     "role": "the first argument of 'train' (teacher, baseline or student)",
-    "dataset": "--dataset", "source": "--folder (an image folder) or nothing (torchvision)",
-    "metric": "--metric", "lam": "--lam", "metric_options": "--option KEY=VALUE",
+    "dataset": "--dataset",
+    "source": "--folder (an image folder) or nothing (torchvision)",
+    "metric": "--metric",
+    "lam": "--lam",
+    "metric_options": "--option KEY=VALUE",
     "teacher": "nothing: the teacher follows the profile and the fields of --set that a "
-               "teacher follows (kd2m.profiles.TEACHER_FOLLOWS)",
+    "teacher follows (kd2m.profiles.TEACHER_FOLLOWS)",
 }
 
 
@@ -51,8 +54,9 @@ def _overrides(pairs: list[str], flag: str = "--set") -> dict:
         key, value = pair.split("=", 1)
         key = key.strip()
         if flag == "--set" and key in _NOT_SETTABLE:
-            raise UsageError(f"--set {key}=...: {key} is not set with --set; use "
-                             f"{_NOT_SETTABLE[key]}")
+            raise UsageError(
+                f"--set {key}=...: {key} is not set with --set; use {_NOT_SETTABLE[key]}"
+            )
         out[key] = _parse_value(value)
     return out
 
@@ -87,15 +91,28 @@ def _cmd_train(args) -> int:
     else:
         if not args.metric:
             raise UsageError("train student needs --metric (see 'python -m kd2m metrics')")
-        cfg = student_config(args.profile, args.dataset, args.metric, lam=args.lam,
-                             source=source, metric_options=_overrides(args.option, "--option"),
-                             **overrides)
+        cfg = student_config(
+            args.profile,
+            args.dataset,
+            args.metric,
+            lam=args.lam,
+            source=source,
+            metric_options=_overrides(args.option, "--option"),
+            **overrides,
+        )
     resolve_device(args.device)  # a device that cannot train fails before anything trains
-    rec = run(cfg, folder=args.folder, download=args.download, device=args.device,
-              progress=not args.no_progress)
+    rec = run(
+        cfg,
+        folder=args.folder,
+        download=args.download,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     f = rec["final"]
-    print(f"{rec['name']} [{rec['hash']}]: test accuracy {100 * f['test_acc']:.2f}%, "
-          f"test CE {f['test_ce']:.4f}, {rec['wall_seconds']:.0f} s")
+    print(
+        f"{rec['name']} [{rec['hash']}]: test accuracy {100 * f['test_acc']:.2f}%, "
+        f"test CE {f['test_ce']:.4f}, {rec['wall_seconds']:.0f} s"
+    )
     return 0
 
 
@@ -110,8 +127,10 @@ def _cmd_list(args) -> int:
     for r in rows:
         acc = r["final"].get("test_acc")
         acc_s = f"{100 * acc:7.2f}%" if acc is not None else "       -"
-        print(f"{r['name']:52s} {r['hash']:12s} {r['status']:10s} {len(r['history']):6d} "
-              f"{acc_s} {r['wall_seconds']:7.0f}")
+        print(
+            f"{r['name']:52s} {r['hash']:12s} {r['status']:10s} {len(r['history']):6d} "
+            f"{acc_s} {r['wall_seconds']:7.0f}"
+        )
         if r["status"] == "unreadable":
             print(f"    {r['error']}")
     return 0
@@ -144,22 +163,46 @@ def _cmd_column(args) -> int:
     metrics = [None] + (args.metrics or list(TABLE1_METRICS.values()))
     # every student's config first (bad metrics or values fail before anything trains); the
     # teacher trained here is exactly the one the students distil from
-    students = [student_config(args.profile, args.dataset, m, source=source, **overrides)
-                for m in metrics]
+    students = [
+        student_config(args.profile, args.dataset, m, source=source, **overrides) for m in metrics
+    ]
     teacher = students[0].teacher
     assert all(c.teacher == teacher for c in students)
     resolve_device(args.device)
-    rec = run(teacher, folder=args.folder, download=args.download, device=args.device,
-              progress=not args.no_progress)
-    print(f"{rec['name']}: {100 * rec['final']['test_acc']:.2f}% ({rec['wall_seconds']:.0f} s)",
-          flush=True)
-    common = [sys.executable, "-m", "kd2m", "train", "--profile", args.profile, "--dataset",
-              args.dataset, "--device", args.device, "--no-progress"]
+    rec = run(
+        teacher,
+        folder=args.folder,
+        download=args.download,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{rec['name']}: {100 * rec['final']['test_acc']:.2f}% ({rec['wall_seconds']:.0f} s)",
+        flush=True,
+    )
+    common = [
+        sys.executable,
+        "-m",
+        "kd2m",
+        "train",
+        "--profile",
+        args.profile,
+        "--dataset",
+        args.dataset,
+        "--device",
+        args.device,
+        "--no-progress",
+    ]
     common += ["--folder", args.folder] if args.folder else []
     for pair in args.set:
         common += ["--set", pair]
-    jobs = [common[:4] + ["baseline" if m is None else "student"] + common[4:]
-            + ([] if m is None else ["--metric", m]) for m in metrics]
+    jobs = [
+        common[:4]
+        + ["baseline" if m is None else "student"]
+        + common[4:]
+        + ([] if m is None else ["--metric", m])
+        for m in metrics
+    ]
     env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.parallel))}
     failed = 0
     running: list[subprocess.Popen] = []
@@ -181,8 +224,11 @@ def _cmd_profiles(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kd2m", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m kd2m",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train (or load) a teacher, a baseline or a KD2M student")
     t.add_argument("role", choices=["teacher", "baseline", "student"])
@@ -190,10 +236,20 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or svhn")
     t.add_argument("--metric", help="a registered metric (python -m kd2m metrics)")
     t.add_argument("--lam", type=float, help="distillation weight (default: the profile's)")
-    t.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="metric option, e.g. --option beta=2 (repeatable)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a RunConfig field, e.g. --set epochs=2 (repeatable)")
+    t.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="metric option, e.g. --option beta=2 (repeatable)",
+    )
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a RunConfig field, e.g. --set epochs=2 (repeatable)",
+    )
     t.add_argument("--folder", help="image-folder copy or .tar.gz archive (source 'folder')")
     t.add_argument("--download", action="store_true", help="let torchvision download data")
     t.add_argument("--device", default="auto")
@@ -203,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--profile", default="cpu")
     c.add_argument("--dataset", default="cifar10")
     c.add_argument("--metrics", nargs="*", help="default: the six Table 1 metrics")
-    c.add_argument("--parallel", type=_positive, default=1,
-                   help="students trained at once (>= 1)")
+    c.add_argument("--parallel", type=_positive, default=1, help="students trained at once (>= 1)")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--folder")
     c.add_argument("--download", action="store_true")
@@ -217,9 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("metrics", help="list registered metrics").set_defaults(func=_cmd_metrics)
     sub.add_parser("profiles", help="print the profiles").set_defaults(func=_cmd_profiles)
     for p in (parser, t, c, ls):
-        p.add_argument("--debug", action="store_true",
-                       default=False if p is parser else argparse.SUPPRESS,
-                       help="show the traceback of an error")
+        p.add_argument(
+            "--debug",
+            action="store_true",
+            default=False if p is parser else argparse.SUPPRESS,
+            help="show the traceback of an error",
+        )
     args = parser.parse_args(argv)
     return _call(args)
 

@@ -21,8 +21,17 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FileError", "atomic_write", "atomic_torch_save", "atomic_json", "read_json",
-           "torch_load", "file_sha256", "probe_writable", "path_lock"]
+__all__ = [
+    "FileError",
+    "atomic_write",
+    "atomic_torch_save",
+    "atomic_json",
+    "read_json",
+    "torch_load",
+    "file_sha256",
+    "probe_writable",
+    "path_lock",
+]
 
 
 class FileError(RuntimeError):
@@ -33,22 +42,28 @@ class FileError(RuntimeError):
         self.path = Path(path)
 
 
-def _write_reason(path: Path, exc: BaseException) -> str:
+def _write_reason(path: Path, exc: OSError) -> str:
     code = getattr(exc, "errno", None)
     if code in (errno.ENOSPC, errno.EDQUOT):
-        return (f"disk full while writing {path}: free space on its file system (or set "
-                "KD2M_DATA to another data root) and rerun")
+        return (
+            f"disk full while writing {path}: free space on its file system (or set "
+            "KD2M_DATA to another data root) and rerun"
+        )
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return (f"cannot write {path} ({exc.strerror or exc}): make {path.parent} writable "
-                "or set KD2M_DATA (or root=) to a writable data root")
+        return (
+            f"cannot write {path} ({exc.strerror or exc}): make {path.parent} writable "
+            "or set KD2M_DATA (or root=) to a writable data root"
+        )
     if code in (errno.EEXIST, errno.ENOTDIR):
-        return (f"cannot write {path}: a file stands where a directory is needed "
-                f"({exc.filename or path}): move it away or set KD2M_DATA (or root=) to "
-                "another data root")
+        return (
+            f"cannot write {path}: a file stands where a directory is needed "
+            f"({exc.filename or path}): move it away or set KD2M_DATA (or root=) to "
+            "another data root"
+        )
     return f"writing {path} failed ({exc!r}): check the file system of {path.parent} and rerun"
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)
     tmp = None
@@ -93,8 +108,18 @@ def read_json(path: Path | str, remedy: str):
         raise FileError(path, f"cannot read {path} ({exc}): {remedy}") from exc
 
 
-_LOAD_ERRORS = (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError,
-                AttributeError, IndexError, pickle.UnpicklingError, zipfile.BadZipFile)
+_LOAD_ERRORS = (
+    RuntimeError,
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+)
 
 
 def torch_load(path: Path | str, remedy: str, **kwargs):
@@ -152,8 +177,7 @@ def path_lock(lock_path: Path, what: str):
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        warnings.warn(f"waiting for another process that holds {lock_path} ({what})",
-                      stacklevel=3)
+        warnings.warn(f"waiting for another process that holds {lock_path} ({what})", stacklevel=3)
         lock.acquire()
     except OSError as exc:
         raise FileError(lock_path, _write_reason(lock_path, exc)) from exc

@@ -26,19 +26,25 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["bench_metrics", "print_metrics_table", "resnet18_step_seconds", "bench_data",
-           "bench_steps", "bench_epoch", "print_rows", "frame", "hardware", "load_results",
-           "main"]
+from kd2m.train import resolve_device
 
-
-def _device(device) -> torch.device:
-    """``"auto"`` (CUDA, MPS or CPU) or any torch device name."""
-    from kd2m.train import resolve_device
-
-    return resolve_device(device)
+__all__ = [
+    "bench_metrics",
+    "print_metrics_table",
+    "resnet18_step_seconds",
+    "bench_data",
+    "bench_steps",
+    "bench_epoch",
+    "print_rows",
+    "frame",
+    "hardware",
+    "load_benchmarks",
+    "main",
+]
 
 
 def _sync(device: torch.device) -> None:
@@ -66,7 +72,7 @@ def resnet18_step_seconds(
     """Seconds per SGD step of torchvision resnet18 (ImageNet stem) on n 3x32x32 images."""
     from torchvision.models import resnet18
 
-    device = _device(device)
+    device = resolve_device(device)
     g = torch.Generator().manual_seed(0)
     model = resnet18(weights=None, num_classes=num_classes).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
@@ -104,7 +110,7 @@ def bench_metrics(
     """
     from kd2m.metrics import METRICS, TABLE1_METRICS, get_metric
 
-    device = _device(device)
+    device = resolve_device(device)
     names = list(METRICS) if metrics is None else list(metrics)
     rows_of = {v: k for k, v in TABLE1_METRICS.items()}
     g = torch.Generator().manual_seed(seed)
@@ -241,8 +247,9 @@ class _PILDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.x[i])), int(self.y[i])
 
 
-def bench_data(n: int = 10000, batch_size: int = 128, workers: int = 2,
-               device: str = "cpu") -> list[dict]:
+def bench_data(
+    n: int = 10000, batch_size: int = 128, workers: int = 2, device: str = "cpu"
+) -> list[dict]:
     """Images per second of kd2m's batch pipeline against a torchvision DataLoader with
     the same augmentation (random crop with padding 4, horizontal flip, normalisation) on
     PIL images, ``workers`` worker processes. Each pipeline delivers ``n`` images to
@@ -251,14 +258,26 @@ def bench_data(n: int = 10000, batch_size: int = 128, workers: int = 2,
 
     from kd2m.data import DATASETS, Loader
 
-    dev = _device(device)
+    dev = resolve_device(device)
     x, y, what = _bench_images(n)
     info = DATASETS["cifar10"]
-    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize(info.mean, info.std)])
-    dl = torch.utils.data.DataLoader(_PILDataset(x, y, tf), batch_size=batch_size,
-                                     shuffle=True, num_workers=workers, drop_last=True,
-                                     persistent_workers=False, pin_memory=dev.type == "cuda")
+    tf = T.Compose(
+        [
+            T.RandomCrop(32, padding=4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(info.mean, info.std),
+        ]
+    )
+    dl = torch.utils.data.DataLoader(
+        _PILDataset(x, y, tf),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=False,
+        pin_memory=dev.type == "cuda",
+    )
     t0 = time.perf_counter()
     count = 0
     for xb, _yb in dl:
@@ -266,8 +285,18 @@ def bench_data(n: int = 10000, batch_size: int = 128, workers: int = 2,
         count += xb.shape[0]
     _sync(dev)
     tv = count / (time.perf_counter() - t0)
-    loader = Loader(x, y, mean=info.mean, std=info.std, batch_size=batch_size, train=True,
-                    device=dev, hflip=True, seed=0, channels_last=dev.type == "cuda")
+    loader = Loader(
+        x,
+        y,
+        mean=info.mean,
+        std=info.std,
+        batch_size=batch_size,
+        train=True,
+        device=dev,
+        hflip=True,
+        seed=0,
+        channels_last=dev.type == "cuda",
+    )
     for _ in loader.epoch(0):  # warm-up (first CUDA kernels)
         break
     t0 = time.perf_counter()
@@ -276,18 +305,32 @@ def bench_data(n: int = 10000, batch_size: int = 128, workers: int = 2,
         count += xb.shape[0]
     _sync(dev)
     ours = count / (time.perf_counter() - t0)
-    return [{"pipeline": f"torchvision DataLoader, PIL, {workers} workers", "images/s": tv,
-             "ratio": 1.0, "data": what},
-            {"pipeline": "kd2m Loader (batched tensor ops)", "images/s": ours,
-             "ratio": ours / tv, "data": what}]
+    return [
+        {
+            "pipeline": f"torchvision DataLoader, PIL, {workers} workers",
+            "images/s": tv,
+            "ratio": 1.0,
+            "data": what,
+        },
+        {
+            "pipeline": "kd2m Loader (batched tensor ops)",
+            "images/s": ours,
+            "ratio": ours / tv,
+            "data": what,
+        },
+    ]
 
 
-def _null_metric(zs, zt, y, **extra):
-    """The distance-free step's stand-in: keeps the teacher forward, adds no distance."""
-    return zs.new_zeros(())
+@dataclass(frozen=True)
+class _DistanceFree:
+    """The distance-free step's metric (:class:`kd2m.train.DistillationMetric`): the teacher
+    forward runs, the distance is a constant 0."""
 
+    inputs: str = "features"
+    needs_student_probs: bool = False
 
-_null_metric.inputs = "features"
+    def __call__(self, zs, zt, y=None, *, ps=None, validate: bool = True) -> torch.Tensor:
+        return zs.new_zeros(())
 
 
 def _student_teacher(dev: torch.device, student: dict, teacher: dict):
@@ -311,19 +354,27 @@ def _student_teacher(dev: torch.device, student: dict, teacher: dict):
     return nets
 
 
-def bench_steps(n: int = 128, repeats: int = 10, warmup: int = 3, device: str = "cpu",
-                student: str = "resnet18", teacher: str = "resnet34",
-                metrics: list[str] | None = None, lam: float = 1e-4) -> list[dict]:
+def bench_steps(
+    n: int = 128,
+    repeats: int = 10,
+    warmup: int = 3,
+    device: str = "cpu",
+    student: str = "resnet18",
+    teacher: str = "resnet34",
+    metrics: list[str] | None = None,
+    lam: float = 1e-4,
+) -> list[dict]:
     """Seconds per KD2M training step for each metric against the distance-free step (the
     same student step and teacher forward, no distance), at batch ``n`` with the paper's
     networks (512-d features), through :func:`kd2m.train.train_step` itself."""
     from kd2m.metrics import METRICS, get_metric
     from kd2m.train import Distiller, make_optimizer, train_step
 
-    dev = _device(device)
+    dev = resolve_device(device)
     s, t = _student_teacher(dev, {"arch": student}, {"arch": teacher})
-    opt, _ = make_optimizer(s.parameters(), lr=1e-3, momentum=0.9, weight_decay=0.0,
-                            epochs=1, lr_min=0.0)
+    opt, _ = make_optimizer(
+        s.parameters(), lr=1e-3, momentum=0.9, weight_decay=0.0, epochs=1, lr_min=0.0
+    )
     x = torch.randn(n, 3, 32, 32, device=dev)
     if dev.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -335,7 +386,7 @@ def bench_steps(n: int = 128, repeats: int = 10, warmup: int = 3, device: str = 
 
     names = metrics or list(METRICS)
     steps = {name: step_fn(get_metric(name)) for name in names}
-    null = step_fn(_null_metric)
+    null = step_fn(_DistanceFree())
     for fn in [null, *steps.values()]:  # warm every path first (kernels, cudnn autotuning)
         _time(fn, 1, warmup, dev)
     # the distance-free step is timed before and after the metrics, so a drift of clocks
@@ -344,16 +395,24 @@ def bench_steps(n: int = 128, repeats: int = 10, warmup: int = 3, device: str = 
     timed = {name: statistics.median(_time(fn, repeats, 0, dev)) for name, fn in steps.items()}
     after = _time(null, repeats, 0, dev)
     base = statistics.median(before + after)
-    rows = [{"step": "distance-free (student step + teacher forward)", "seconds": base,
-             "ratio": 1.0, "before/after": statistics.median(before) / statistics.median(after)}]
+    rows = [
+        {
+            "step": "distance-free (student step + teacher forward)",
+            "seconds": base,
+            "ratio": 1.0,
+            "before/after": statistics.median(before) / statistics.median(after),
+        }
+    ]
     for name, sec in timed.items():
-        rows.append({"step": f"KD2M {name}", "seconds": sec, "ratio": sec / base,
-                     "before/after": None})
+        rows.append(
+            {"step": f"KD2M {name}", "seconds": sec, "ratio": sec / base, "before/after": None}
+        )
     return rows
 
 
-def bench_epoch(images: int = 50000, device: str = "cpu", metric: str = "wasserstein",
-                profile: str = "paper") -> list[dict]:
+def bench_epoch(
+    images: int = 50000, device: str = "cpu", metric: str = "wasserstein", profile: str = "paper"
+) -> list[dict]:
     """Images per second of one KD2M training epoch of ``profile`` (its networks, batch and
     lambda) on ``images`` training images, against the baseline epoch (no teacher, no
     distance), through :func:`kd2m.train.train_epoch`."""
@@ -363,28 +422,55 @@ def bench_epoch(images: int = 50000, device: str = "cpu", metric: str = "wassers
     from kd2m.train import Distiller, make_optimizer, train_epoch
 
     p = PROFILES[profile]
-    dev = _device(device)
+    dev = resolve_device(device)
     x, y, what = _bench_images(images)
     info = DATASETS["cifar10"]
-    loader = Loader(x, y, mean=info.mean, std=info.std, batch_size=p["batch_size"],
-                    train=True, device=dev, hflip=True, seed=0,
-                    channels_last=dev.type == "cuda")
+    loader = Loader(
+        x,
+        y,
+        mean=info.mean,
+        std=info.std,
+        batch_size=p["batch_size"],
+        train=True,
+        device=dev,
+        hflip=True,
+        seed=0,
+        channels_last=dev.type == "cuda",
+    )
     s, t = _student_teacher(dev, p["student"], p["teacher"])
     rows = []
-    for label, distiller in (("baseline epoch (student alone)", None),
-                             (f"KD2M epoch ({metric}, lambda {p['lam']:g})",
-                              Distiller(teacher=t, metric=get_metric(metric), lam=p["lam"]))):
-        opt, _ = make_optimizer(s.parameters(), lr=p["lr"], momentum=p["momentum"],
-                                weight_decay=p["weight_decay"], epochs=1, lr_min=p["lr_min"])
-        train_epoch(s, _Take(loader, 3), 0, opt, device=dev, distiller=distiller,
-                    progress=False)  # warm-up
+    for label, distiller in (
+        ("baseline epoch (student alone)", None),
+        (
+            f"KD2M epoch ({metric}, lambda {p['lam']:g})",
+            Distiller(teacher=t, metric=get_metric(metric), lam=p["lam"]),
+        ),
+    ):
+        opt, _ = make_optimizer(
+            s.parameters(),
+            lr=p["lr"],
+            momentum=p["momentum"],
+            weight_decay=p["weight_decay"],
+            epochs=1,
+            lr_min=p["lr_min"],
+        )
+        train_epoch(
+            s, _Take(loader, 3), 0, opt, device=dev, distiller=distiller, progress=False
+        )  # warm-up
         _sync(dev)
         t0 = time.perf_counter()
         train_epoch(s, loader, 1, opt, device=dev, distiller=distiller, progress=False)
         _sync(dev)
         sec = time.perf_counter() - t0
-        rows.append({"epoch": label, "images": loader.num_samples, "seconds": sec,
-                     "images/s": loader.num_samples / sec, "data": what})
+        rows.append(
+            {
+                "epoch": label,
+                "images": loader.num_samples,
+                "seconds": sec,
+                "images/s": loader.num_samples / sec,
+                "data": what,
+            }
+        )
     for r in rows:
         r["ratio"] = rows[0]["seconds"] / r["seconds"]
     return rows
@@ -426,11 +512,13 @@ def _cell(v) -> str:
 def hardware(device: str) -> str:
     import platform
 
-    dev = _device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}"
-    return (f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-            f"threads, torch {torch.__version__}")
+    return (
+        f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"threads, torch {torch.__version__}"
+    )
 
 
 def frame(rows: list[dict]):
@@ -441,7 +529,7 @@ def frame(rows: list[dict]):
     return df.set_index(df.columns[0])
 
 
-def load_results(folder) -> dict:
+def load_benchmarks(folder) -> dict:
     """Merge the benchmark JSON files of ``folder`` (``--json`` outputs: keys ``data``,
     ``steps``, ``epoch`` and ``hardware``) into one dict."""
     from pathlib import Path
@@ -463,16 +551,26 @@ def _run_training(args) -> int:
         out["data"] = bench_data(n=args.images, device=args.device, workers=args.workers)
         print_rows(out["data"], "data pipeline (images/s; ratio to the torchvision DataLoader)")
     if args.command in ("steps", "all"):
-        out["steps"] = bench_steps(n=args.n, repeats=args.repeats, device=args.device,
-                                   student=args.student, teacher=args.teacher,
-                                   metrics=args.metric)
-        print_rows(out["steps"], f"training steps, batch {args.n}, {args.student} student, "
-                   f"{args.teacher} teacher (ratio to the distance-free step)")
+        out["steps"] = bench_steps(
+            n=args.n,
+            repeats=args.repeats,
+            device=args.device,
+            student=args.student,
+            teacher=args.teacher,
+            metrics=args.metric,
+        )
+        print_rows(
+            out["steps"],
+            f"training steps, batch {args.n}, {args.student} student, "
+            f"{args.teacher} teacher (ratio to the distance-free step)",
+        )
     if args.command in ("epoch", "all"):
-        out["epoch"] = bench_epoch(images=args.images, device=args.device,
-                                   profile=args.profile)
-        print_rows(out["epoch"], f"one training epoch at the {args.profile} profile "
-                   "(ratio: baseline seconds / these seconds)")
+        out["epoch"] = bench_epoch(images=args.images, device=args.device, profile=args.profile)
+        print_rows(
+            out["epoch"],
+            f"one training epoch at the {args.profile} profile "
+            "(ratio: baseline seconds / these seconds)",
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
@@ -480,10 +578,12 @@ def _run_training(args) -> int:
 
 
 def _add_training_parsers(sub) -> None:
-    helps = {"data": "kd2m's batch pipeline vs a torchvision DataLoader on PIL images",
-             "steps": "each metric's KD2M step vs the distance-free step",
-             "epoch": "images/s of a KD2M epoch at a profile vs a baseline epoch",
-             "all": "data, steps and epoch in one run"}
+    helps = {
+        "data": "kd2m's batch pipeline vs a torchvision DataLoader on PIL images",
+        "steps": "each metric's KD2M step vs the distance-free step",
+        "epoch": "images/s of a KD2M epoch at a profile vs a baseline epoch",
+        "all": "data, steps and epoch in one run",
+    }
     for name, text in helps.items():
         p = sub.add_parser(name, help=text)
         p.add_argument("--device", default="cpu", help="cpu, cuda, ...")

@@ -51,6 +51,7 @@ __all__ = [
     "Loader",
     "channel_stats",
     "load_data",
+    "stratified_counts",
     "tensor_sha256",
 ]
 
@@ -267,6 +268,21 @@ class ImageData:
         )
 
 
+def stratified_counts(counts, n: int) -> torch.Tensor:
+    """How many of ``n`` draws each class gets when classes of sizes ``counts`` share them in
+    proportion: ``floor(counts * n / total)``, then one more for the largest remainders
+    (ties broken by class index). int64 tensor summing to ``n``."""
+    counts = torch.as_tensor(counts).to(torch.float64)
+    quota = counts * n / counts.sum()
+    take = quota.floor().to(torch.int64)
+    rest = n - int(take.sum())
+    if rest:
+        # largest remainder; ties broken by class index (stable sort)
+        order = torch.sort(quota - take, descending=True, stable=True).indices
+        take[order[:rest]] += 1
+    return take
+
+
 def _stratified_indices(
     y: torch.Tensor, n: int | None, num_classes: int, g: torch.Generator, what: str
 ) -> torch.Tensor:
@@ -276,14 +292,7 @@ def _stratified_indices(
     n = int(n)
     if not 0 < n <= total:
         raise ValueError(f"{what}={n} must be in [1, {total}] (the split has {total} images)")
-    counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
-    quota = counts * n / total
-    take = quota.floor().to(torch.int64)
-    rest = n - int(take.sum())
-    if rest:
-        # largest remainder; ties broken by class index (stable sort)
-        order = torch.sort(quota - take, descending=True, stable=True).indices
-        take[order[:rest]] += 1
+    take = stratified_counts(torch.bincount(y, minlength=num_classes), n)
     parts = []
     for c in range(num_classes):
         k = int(take[c])
@@ -362,15 +371,21 @@ def _load_checked(root: Path, info: DatasetInfo, load) -> ImageData:
         try:
             return load()
         except _BadCache as bad:
-            warnings.warn(f"data cache {bad.path} is corrupt ({bad.reason}): deleting it and "
-                          "rebuilding it from the source", stacklevel=3)
+            warnings.warn(
+                f"data cache {bad.path} is corrupt ({bad.reason}): deleting it and "
+                "rebuilding it from the source",
+                stacklevel=3,
+            )
             bad.path.unlink(missing_ok=True)
         try:
             return load()
         except _BadCache as bad:
-            raise FileError(bad.path, f"the data cache {bad.path} rebuilt from the source is "
-                            f"still corrupt ({bad.reason}): check the disk, delete "
-                            f"{bad.path.parent} and rerun") from None
+            raise FileError(
+                bad.path,
+                f"the data cache {bad.path} rebuilt from the source is "
+                f"still corrupt ({bad.reason}): check the disk, delete "
+                f"{bad.path.parent} and rerun",
+            ) from None
 
 
 def _check_cache(info: DatasetInfo, cache: Path, blob) -> None:
@@ -390,8 +405,9 @@ def _check_cache(info: DatasetInfo, cache: Path, blob) -> None:
     stored = blob["provenance"].get("content_sha256")
     actual = tensor_sha256(blob["x_train"], blob["y_train"], blob["x_test"], blob["y_test"])
     if stored != actual:
-        raise _BadCache(cache, f"content sha256 {actual[:12]} differs from the stored "
-                        f"{str(stored)[:12]}")
+        raise _BadCache(
+            cache, f"content sha256 {actual[:12]} differs from the stored {str(stored)[:12]}"
+        )
 
 
 def _from_cache(info: DatasetInfo, cache: Path, prov: dict) -> ImageData:
@@ -490,7 +506,7 @@ def _load_torchvision(info: DatasetInfo, root: Path, download: bool) -> ImageDat
     files = _torchvision_files(info)
     key = _short_key({"format": CACHE_FORMAT, "cls": info.torchvision_class, "files": files})
     cache = root / "cache" / f"{info.name}-torchvision-{key}.pt"
-    prov = {"dataset": info.name, "source": "torchvision", "path": str(where.resolve())}
+    prov: dict = {"dataset": info.name, "source": "torchvision", "path": str(where.resolve())}
     if cache.exists():
         return _from_cache(info, cache, prov)
 
@@ -602,9 +618,12 @@ def _extract(archive: Path, tmp: Path) -> None:
             tar.extractall(tmp, filter="data")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         why = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-        raise FileError(archive, f"cannot extract {archive} ({why}): it is not a complete "
-                        f"tar archive ({', '.join(ARCHIVE_SUFFIXES)}); copy it again, or pass "
-                        "the extracted image folder instead") from exc
+        raise FileError(
+            archive,
+            f"cannot extract {archive} ({why}): it is not a complete "
+            f"tar archive ({', '.join(ARCHIVE_SUFFIXES)}); copy it again, or pass "
+            "the extracted image folder instead",
+        ) from exc
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -616,8 +635,9 @@ def _read_image(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for broken files
-        raise FileError(path, f"cannot decode image {path} ({exc}): replace or delete the "
-                        "file and rerun") from exc
+        raise FileError(
+            path, f"cannot decode image {path} ({exc}): replace or delete the file and rerun"
+        ) from exc
 
 
 def _abbrev(names: Sequence[str], k: int = 10) -> str:

@@ -16,33 +16,64 @@ from pathlib import Path
 
 from kd2m.runs import RunConfig
 
-__all__ = ["PROFILES", "teacher_config", "student_config", "teacher_overrides",
-           "check_parameters", "check_folders"]
+__all__ = [
+    "PROFILES",
+    "teacher_config",
+    "student_config",
+    "teacher_overrides",
+    "check_parameters",
+    "check_folders",
+]
 
 PROFILES: dict[str, dict] = {
     "paper": {
         "teacher": {"arch": "resnet34", "stem": "imagenet", "width": None},
         "student": {"arch": "resnet18", "stem": "imagenet", "width": None},
-        "n_train": None, "n_test": None, "epochs": 15, "batch_size": 128, "lr": 1e-2,
-        "momentum": 0.9, "weight_decay": 0.0, "lr_min": 1e-4, "lam": 1e-4, "seed": 42,
+        "n_train": None,
+        "n_test": None,
+        "epochs": 15,
+        "batch_size": 128,
+        "lr": 1e-2,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "lr_min": 1e-4,
+        "lam": 1e-4,
+        "seed": 42,
         "pretrained": False,
     },
     "cpu": {
         "teacher": {"arch": "resnet20", "stem": "cifar", "width": 16, "epochs": 10},
         "student": {"arch": "resnet8", "stem": "cifar", "width": 16},
-        "n_train": 5000, "n_test": 2000, "epochs": 5, "batch_size": 128, "lr": 5e-2,
-        "momentum": 0.9, "weight_decay": 5e-4, "lr_min": 1e-4, "lam": 1e-2, "seed": 42,
+        "n_train": 5000,
+        "n_test": 2000,
+        "epochs": 5,
+        "batch_size": 128,
+        "lr": 5e-2,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "lr_min": 1e-4,
+        "lam": 1e-2,
+        "seed": 42,
         "pretrained": False,
     },
 }
 
-_SHARED = ("n_train", "n_test", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-           "lr_min", "pretrained")
+# The profile's values shared by its teacher and its students.
+_SHARED = (
+    "n_train",
+    "n_test",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "lr_min",
+    "pretrained",
+)
 # Overrides of a student that its default teacher follows too (the data it sees and the
-# optimisation, e.g. {"epochs": 1} for a dry run); the architecture, metric, lambda and seed
-# stay the student's own.
-TEACHER_FOLLOWS = ("n_train", "n_test", "epochs", "batch_size", "lr", "momentum",
-                   "weight_decay", "lr_min", "pretrained", "hflip")
+# optimisation, e.g. {"epochs": 1} for a dry run): the shared values and the flip; the
+# architecture, metric, lambda and seed stay the student's own.
+TEACHER_FOLLOWS = (*_SHARED, "hflip")
 
 
 def teacher_overrides(overrides: dict | None) -> dict:
@@ -63,8 +94,9 @@ def _check_overrides(overrides: dict) -> None:
         raise ValueError(f"unknown override(s) {unknown}; RunConfig fields are {sorted(fields)}")
 
 
-def teacher_config(profile: str, dataset: str, *, source: str = "torchvision",
-                   **overrides) -> RunConfig:
+def teacher_config(
+    profile: str, dataset: str, *, source: str = "torchvision", **overrides
+) -> RunConfig:
     """The teacher of ``profile`` on ``dataset`` (``overrides`` replace RunConfig fields)."""
     p = _profile(profile)
     _check_overrides(overrides)
@@ -73,10 +105,18 @@ def teacher_config(profile: str, dataset: str, *, source: str = "torchvision",
     return RunConfig(**kw)
 
 
-def student_config(profile: str, dataset: str, metric: str | None = None, *,
-                   lam: float | None = None, seed: int | None = None,
-                   source: str = "torchvision", teacher: RunConfig | None = None,
-                   teacher_changes: dict | None = None, **overrides) -> RunConfig:
+def student_config(
+    profile: str,
+    dataset: str,
+    metric: str | None = None,
+    *,
+    lam: float | None = None,
+    seed: int | None = None,
+    source: str = "torchvision",
+    teacher: RunConfig | None = None,
+    teacher_changes: dict | None = None,
+    **overrides,
+) -> RunConfig:
     """A student of ``profile``: the baseline when ``metric`` is None, KD2M otherwise.
 
     ``lam`` defaults to the profile's lambda when a metric is given and to 0 without one.
@@ -88,11 +128,22 @@ def student_config(profile: str, dataset: str, metric: str | None = None, *,
     if lam is None:
         lam = p["lam"] if metric is not None else 0.0
     if teacher is None:
-        teacher = teacher_config(profile, dataset, source=source,
-                                 **(teacher_overrides(overrides) | (teacher_changes or {})))
+        teacher = teacher_config(
+            profile,
+            dataset,
+            source=source,
+            **(teacher_overrides(overrides) | (teacher_changes or {})),
+        )
     kw = {k: p[k] for k in _SHARED} | p["student"]
-    kw |= {"role": "student", "dataset": dataset, "source": source, "metric": metric,
-           "lam": float(lam), "seed": p["seed"] if seed is None else seed, "teacher": teacher}
+    kw |= {
+        "role": "student",
+        "dataset": dataset,
+        "source": source,
+        "metric": metric,
+        "lam": float(lam),
+        "seed": p["seed"] if seed is None else seed,
+        "teacher": teacher,
+    }
     kw |= overrides
     return RunConfig(**kw)
 
@@ -112,14 +163,24 @@ def check_folders(folders: dict | None) -> None:
             raise DataNotFoundError(
                 f"folders[{name!r}]={str(path)!r} does not exist (resolved from "
                 f"{Path.cwd()}: {Path(path).resolve()}): fix the path, or remove the entry "
-                f"to read {name} through torchvision (download=True fetches it)")
+                f"to read {name} through torchvision (download=True fetches it)"
+            )
 
 
-def check_parameters(profile: str, *, device: str | None = None, folders: dict | None = None,
-                     datasets: list[str] | None = None, dataset: str | None = None,
-                     rows: list[str] | None = None, metric: str | None = None,
-                     metrics: list[str] | None = None, lambdas: list[float] | None = None,
-                     seeds: list[int] | None = None, overrides: dict | None = None) -> None:
+def check_parameters(
+    profile: str,
+    *,
+    device: str | None = None,
+    folders: dict | None = None,
+    datasets: list[str] | None = None,
+    dataset: str | None = None,
+    rows: list[str] | None = None,
+    metric: str | None = None,
+    metrics: list[str] | None = None,
+    lambdas: list[float] | None = None,
+    seeds: list[int] | None = None,
+    overrides: dict | None = None,
+) -> None:
     """Check a chapter's parameters before it computes anything (the notebooks call it at
     the top): a known profile, a device that exists here, folders that exist, known
     datasets, Table 1 rows and metrics, lambdas >= 0, integer seeds, overrides that are
@@ -134,16 +195,21 @@ def check_parameters(profile: str, *, device: str | None = None, folders: dict |
     check_folders(folders)
     for name in list(datasets or []) + ([dataset] if dataset is not None else []):
         if name not in DATASETS and name not in (folders or {}):
-            raise ValueError(f"dataset {name!r}: expected one of {sorted(DATASETS)} (or a "
-                             "dataset given in folders)")
+            raise ValueError(
+                f"dataset {name!r}: expected one of {sorted(DATASETS)} (or a "
+                "dataset given in folders)"
+            )
     unknown = [r for r in rows or [] if r not in TABLE1_METRICS]
     if unknown:
         raise ValueError(f"rows={unknown}: expected Table 1 rows among {sorted(TABLE1_METRICS)}")
     unknown = [m for m in list(metrics or []) + [metric] if m is not None and m not in METRICS]
     if unknown:
         raise ValueError(f"metric(s) {unknown}: expected among {sorted(METRICS)}")
-    bad = [x for x in lambdas or [] if isinstance(x, bool) or not isinstance(x, int | float)
-           or not x >= 0]
+    bad = [
+        x
+        for x in lambdas or []
+        if isinstance(x, bool) or not isinstance(x, int | float) or not x >= 0
+    ]
     if bad:
         raise ValueError(f"lambdas {bad}: expected numbers >= 0")
     bad = [x for x in seeds or [] if isinstance(x, bool) or not isinstance(x, int)]

@@ -48,13 +48,25 @@ from kd2m._io import (
     read_json,
     torch_load,
 )
-from kd2m.data import Loader, load_data
+from kd2m.data import ImageData, Loader, load_data
 from kd2m.metrics import METRICS, get_metric, wasserstein
-from kd2m.models import build_model, make_projector
+from kd2m.models import KD2MNet, build_model, make_projector
 from kd2m.train import Distiller, evaluate, fit, resolve_device
 
-__all__ = ["RunConfig", "run", "load_record", "list_runs", "run_dir", "data_root",
-           "load_model", "load_monitor", "git_state", "DataMismatchError", "RECORD_FORMAT"]
+__all__ = [
+    "RunConfig",
+    "run",
+    "load_record",
+    "load_records",
+    "list_runs",
+    "run_dir",
+    "data_root",
+    "load_model",
+    "load_monitor",
+    "git_state",
+    "DataMismatchError",
+    "RECORD_FORMAT",
+]
 
 RECORD_FORMAT = 2  # 2: sha256 of the weights ("files"), per-epoch monitor heads, git state
 READABLE_FORMATS = (1, 2)  # format 1 records are listed and plotted, never reused by run()
@@ -127,15 +139,25 @@ class RunConfig:
                 bad(name, "a finite number >= 0")
         if self.lr <= 0:
             bad("lr", "a number > 0")
+        if not isinstance(self.metric_options, dict):
+            bad("metric_options", "a dict of metric options")
+        if self.metric is None and self.metric_options:
+            bad("metric_options", "{} when metric is None")
         if self.role == "teacher":
             if self.teacher is not None or self.metric is not None or self.lam != 0:
-                raise ValueError("a teacher run takes no teacher, metric or lam "
-                                 f"(got teacher={self.teacher is not None}, "
-                                 f"metric={self.metric!r}, lam={self.lam!r})")
+                raise ValueError(
+                    "a teacher run takes no teacher, metric or lam "
+                    f"(got teacher={self.teacher is not None}, "
+                    f"metric={self.metric!r}, lam={self.lam!r})"
+                )
         else:
             if self.metric is not None:
                 if self.metric not in METRICS:
                     bad("metric", f"None or one of {sorted(METRICS)}")
+                try:  # the registry validates the options now, before anything trains
+                    get_metric(self.metric, **self.metric_options)
+                except ValueError as exc:
+                    bad("metric_options", f"options of metric {self.metric!r} ({exc})")
             if self.lam > 0 and self.metric is None:
                 bad("lam", "0 when metric is None (set a metric to distil)")
             if self.metric is not None and self.teacher is None:
@@ -148,12 +170,8 @@ class RunConfig:
                         raise ValueError(
                             f"teacher.{name}={getattr(self.teacher, name)!r} differs from the "
                             f"student's {name}={getattr(self, name)!r}: both must see the same "
-                            "data")
-
-        if self.metric is not None:
-            get_metric(self.metric, **self.metric_options)  # unknown or bad options raise
-        elif self.metric_options:
-            bad("metric_options", "{} when metric is None")
+                            "data"
+                        )
 
     # -- identity ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -189,19 +207,27 @@ class RunConfig:
         return f"{self.dataset}-{self.arch}-{kind}-s{self.seed}"
 
 
-_TYPES = {  # field -> (accepted types, None allowed, description); bool is not an int here
-    "role": (str, False, "a string"), "dataset": (str, False, "a string"),
-    "source": (str, False, "a string"), "arch": (str, False, "a string"),
-    "stem": (str, False, "a string"), "metric": (str, True, "None or a metric name"),
+# field -> (accepted types, None allowed, description); bool is not an int here
+_TYPES: dict[str, tuple[type | tuple[type, ...], bool, str]] = {
+    "role": (str, False, "a string"),
+    "dataset": (str, False, "a string"),
+    "source": (str, False, "a string"),
+    "arch": (str, False, "a string"),
+    "stem": (str, False, "a string"),
+    "metric": (str, True, "None or a metric name"),
     "n_train": (int, True, "None (all images) or a positive integer"),
     "n_test": (int, True, "None (all images) or a positive integer"),
     "width": (int, True, "None (the architecture's default) or a positive integer"),
-    "epochs": (int, False, "a positive integer"), "batch_size": (int, False, "a positive integer"),
-    "seed": (int, False, "an integer >= 0"), "pretrained": (bool, False, "true or false"),
+    "epochs": (int, False, "a positive integer"),
+    "batch_size": (int, False, "a positive integer"),
+    "seed": (int, False, "an integer >= 0"),
+    "pretrained": (bool, False, "true or false"),
     "hflip": (bool, True, "None (the dataset's default), true or false"),
     "metric_options": (dict, False, "a dict of metric options"),
-    **{k: ((int, float), False, "a finite number >= 0")
-       for k in ("lam", "lr", "momentum", "weight_decay", "lr_min")},
+    **{
+        k: ((int, float), False, "a finite number >= 0")
+        for k in ("lam", "lr", "momentum", "weight_decay", "lr_min")
+    },
 }
 
 
@@ -232,14 +258,23 @@ def load_record(path: Path | str) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "record.json"
-    way_out = (f"delete {path.parent} and rerun to train the run again"
-               if path.name == "record.json" else f"restore or delete {path}")
+    way_out = (
+        f"delete {path.parent} and rerun to train the run again"
+        if path.name == "record.json"
+        else f"restore or delete {path}"
+    )
     rec = read_json(path, way_out)
     if not isinstance(rec, dict) or rec.get("format") not in READABLE_FORMATS:
         fmt = rec.get("format") if isinstance(rec, dict) else None
-        raise ValueError(f"{path}: record format {fmt!r}, expected one of {READABLE_FORMATS}: "
-                         f"{way_out}")
+        raise ValueError(
+            f"{path}: record format {fmt!r}, expected one of {READABLE_FORMATS}: {way_out}"
+        )
     return rec
+
+
+def load_records(folder: Path | str) -> list[dict]:
+    """Every JSON record in ``folder`` (e.g. ``data/results/<column>/``), sorted by name."""
+    return sorted((load_record(p) for p in Path(folder).glob("*.json")), key=lambda r: r["name"])
 
 
 def list_runs(root: Path | str | None = None) -> list[dict]:
@@ -254,9 +289,18 @@ def list_runs(root: Path | str | None = None) -> list[dict]:
                 recs.append(load_record(p) | {"path": str(p)})
             except (ValueError, FileError) as exc:
                 name = p.parent.name if p.name == "record.json" else p.stem
-                bad.append({"name": name, "hash": "", "status": "unreadable", "history": [],
-                            "final": {}, "wall_seconds": 0.0, "error": str(exc),
-                            "path": str(p)})
+                bad.append(
+                    {
+                        "name": name,
+                        "hash": "",
+                        "status": "unreadable",
+                        "history": [],
+                        "final": {},
+                        "wall_seconds": 0.0,
+                        "error": str(exc),
+                        "path": str(p),
+                    }
+                )
     return sorted(recs, key=lambda r: r.get("started", ""), reverse=True) + bad
 
 
@@ -269,19 +313,26 @@ def git_state(src: Path | str | None = None, timeout: float = 10.0) -> dict:
     src = Path(src) if src is not None else Path(__file__).resolve().parent
 
     def git(*args):
-        return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True,
-                              timeout=timeout, check=True).stdout
+        return subprocess.run(
+            ["git", "-C", str(src), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        ).stdout
 
     try:
         # the package itself must be tracked (not an installed copy inside some other repo)
-        git("ls-files", "--error-unmatch", "__init__.py" if (src / "__init__.py").exists()
-            else ".")
+        git("ls-files", "--error-unmatch", "__init__.py" if (src / "__init__.py").exists() else ".")
         commit = git("rev-parse", "HEAD").strip()
         status = git("status", "--porcelain")
     except (OSError, subprocess.SubprocessError) as exc:
         why = getattr(exc, "stderr", None) or str(exc)
-        return {"commit": None, "dirty": None,
-                "error": f"not a git checkout of kd2m ({str(why).strip()[:200]})"}
+        return {
+            "commit": None,
+            "dirty": None,
+            "error": f"not a git checkout of kd2m ({str(why).strip()[:200]})",
+        }
     return {"commit": commit, "dirty": bool(status.strip()), "error": None}
 
 
@@ -296,15 +347,25 @@ def _environment(device: torch.device) -> dict:
         pot = ot.__version__
     except ImportError:  # pragma: no cover
         pot = None
-    hw = {"host": socket.gethostname(), "platform": platform.platform(),
-          "processor": platform.processor() or platform.machine(),
-          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-          "device": str(device), "pid": os.getpid()}
+    hw = {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "pid": os.getpid(),
+    }
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-                "scipy": scipy.__version__, "pot": pot}
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "pot": pot,
+    }
     from kd2m import __version__
 
     versions["kd2m"] = __version__
@@ -327,8 +388,9 @@ def _load_data(cfg: RunConfig, root: Path, folder, download: bool):
     key = (str(Path(root).resolve()), cfg.dataset, cfg.source, str(where), stamp)
     data = _DATA_MEMO.get(key) if where is None or stamp is not None else None
     if data is None:
-        data = load_data(cfg.dataset, source=cfg.source, root=root, folder=folder,
-                         download=download)
+        data = load_data(
+            cfg.dataset, source=cfg.source, root=root, folder=folder, download=download
+        )
         _DATA_MEMO.clear()
         _DATA_MEMO[key] = data
     if cfg.n_train is not None or cfg.n_test is not None:
@@ -338,8 +400,9 @@ def _load_data(cfg: RunConfig, root: Path, folder, download: bool):
 
 def _build(cfg: RunConfig, num_classes: int):
     torch.manual_seed(cfg.seed)  # every run of a seed starts from the same initialisation
-    return build_model(cfg.arch, num_classes, stem=cfg.stem, pretrained=cfg.pretrained,
-                       width=cfg.width)
+    return build_model(
+        cfg.arch, num_classes, stem=cfg.stem, pretrained=cfg.pretrained, width=cfg.width
+    )
 
 
 def _verified_file(cfg: RunConfig, root, name: str) -> Path:
@@ -348,38 +411,57 @@ def _verified_file(cfg: RunConfig, root, name: str) -> Path:
     d = run_dir(cfg, root)
     rec_path, path = d / "record.json", d / name
     if not rec_path.exists():
-        raise FileNotFoundError(f"{rec_path} does not exist: train the run first with "
-                                f"kd2m.runs.run(config) (run {cfg.name})")
+        raise FileNotFoundError(
+            f"{rec_path} does not exist: train the run first with "
+            f"kd2m.runs.run(config) (run {cfg.name})"
+        )
     rec = load_record(rec_path)
     if rec.get("status") != "finished":
-        raise FileNotFoundError(f"run {d} is not finished ({rec.get('status')}): "
-                                "kd2m.runs.run(config) resumes it")
+        raise FileNotFoundError(
+            f"run {d} is not finished ({rec.get('status')}): kd2m.runs.run(config) resumes it"
+        )
     files = rec.get("files") or {}
     if rec.get("format") == RECORD_FORMAT and name not in files:
-        raise FileNotFoundError(f"run {cfg.name} stores no {name} (only students distilled "
-                                "from a teacher keep a monitor)")
+        raise FileNotFoundError(
+            f"run {cfg.name} stores no {name} (only students distilled "
+            "from a teacher keep a monitor)"
+        )
     if name not in files:
-        raise FileError(path, f"{rec_path} has format {rec.get('format')}, which stores no "
-                        f"sha256 of {name}: kd2m.runs.run(config) trains the run again")
+        raise FileError(
+            path,
+            f"{rec_path} has format {rec.get('format')}, which stores no "
+            f"sha256 of {name}: kd2m.runs.run(config) trains the run again",
+        )
     if not path.is_file() or file_sha256(path) != files[name]:
-        raise FileError(path, f"{path} is missing or differs from the sha256 stored in "
-                        f"{rec_path}: kd2m.runs.run(config) notices it and trains the run "
-                        "again")
+        raise FileError(
+            path,
+            f"{path} is missing or differs from the sha256 stored in "
+            f"{rec_path}: kd2m.runs.run(config) notices it and trains the run "
+            "again",
+        )
     return path
 
 
 def load_model(cfg: RunConfig, root: Path | str | None = None, device="cpu"):
     """The trained network of a finished run (and its projector, or None), in eval mode.
-    ``model.pt`` is checked against the sha256 in the run's record first."""
+
+    Leaves the global random state as it found it. ``model.pt`` is checked against the
+    sha256 in the run's record first."""
     path = _verified_file(cfg, root, "model.pt")
-    blob = torch_load(path, f"delete {path.parent} and rerun to train the run again",
-                      map_location=device, weights_only=True)
-    model = _build(cfg, blob["num_classes"]).to(device)
+    blob = torch_load(
+        path,
+        f"delete {path.parent} and rerun to train the run again",
+        map_location=device,
+        weights_only=True,
+    )
+    projector = None
+    with torch.random.fork_rng(devices=[]):  # weights are loaded: the init's draws are undone
+        model = _build(cfg, blob["num_classes"]).to(device)
+        if blob.get("projector") is not None:
+            projector = make_projector(*blob["projector_dims"]).to(device)
     model.load_state_dict(blob["model"])
     model.eval()
-    projector = None
-    if blob.get("projector") is not None:
-        projector = make_projector(*blob["projector_dims"]).to(device)
+    if projector is not None:
         projector.load_state_dict(blob["projector"])
         projector.eval()
     return model, projector
@@ -392,8 +474,12 @@ def load_monitor(cfg: RunConfig, root: Path | str | None = None) -> dict:
     features (float32), "head": [(W, b) of the student head at the end of each epoch]}``, on
     the CPU. ``monitor.pt`` is checked against the sha256 in the run's record first."""
     path = _verified_file(cfg, root, "monitor.pt")
-    return torch_load(path, f"delete {path.parent} and rerun to train the run again",
-                      map_location="cpu", weights_only=True)
+    return torch_load(
+        path,
+        f"delete {path.parent} and rerun to train the run again",
+        map_location="cpu",
+        weights_only=True,
+    )
 
 
 class DataMismatchError(ValueError):
@@ -409,15 +495,18 @@ def _check_same_data(rec: dict, data, rec_path: Path) -> None:
             f"{rec_path} was made from other data (content sha256 {stored[:12]}, read from "
             f"{rec['data'].get('archive') or rec['data'].get('path')}) than the data given now "
             f"({now[:12]}, from {given}): pass the data it was made from, or delete "
-            f"{rec_path.parent} to train the run on this data")
+            f"{rec_path.parent} to train the run on this data"
+        )
 
 
 def _files_problem(rec: dict, d: Path, teacher_rec: dict | None) -> str | None:
     """None when the finished record's files are there with the sha256 it stores (and its
     teacher's weights are those it distilled); else what is wrong."""
     if rec.get("format") != RECORD_FORMAT:
-        return (f"its record has format {rec.get('format')} (no checksums, monitors from "
-                "before per-epoch heads)")
+        return (
+            f"its record has format {rec.get('format')} (no checksums, monitors from "
+            "before per-epoch heads)"
+        )
     files = rec.get("files") or {}
     if "model.pt" not in files:
         return "its record stores no sha256 of model.pt"
@@ -426,8 +515,10 @@ def _files_problem(rec: dict, d: Path, teacher_rec: dict | None) -> str | None:
             return f"{d / name} is missing"
         if file_sha256(d / name) != sha:
             return f"{d / name} differs from the sha256 stored in its record"
-    if teacher_rec is not None and \
-            (rec.get("teacher") or {}).get("model_sha256") != teacher_rec["files"]["model.pt"]:
+    if (
+        teacher_rec is not None
+        and (rec.get("teacher") or {}).get("model_sha256") != teacher_rec["files"]["model.pt"]
+    ):
         return f"its teacher {teacher_rec['name']} was trained again since"
     return None
 
@@ -447,8 +538,9 @@ def _reusable_record(d: Path, data, teacher_rec: dict | None, repair: bool) -> d
     if problem is None:
         return rec
     if repair:
-        warnings.warn(f"run {d} is recorded as finished but {problem}: training it again",
-                      stacklevel=3)
+        warnings.warn(
+            f"run {d} is recorded as finished but {problem}: training it again", stacklevel=3
+        )
         for name in ("record.json", "model.pt", "monitor.pt", "checkpoint.pt"):
             (d / name).unlink(missing_ok=True)
     return None
@@ -464,18 +556,31 @@ def _resume_state(d: Path, dev: torch.device) -> dict | None:
     rec = load_record(rec_path) if rec_path.exists() else {}
     sha = (rec.get("files") or {}).get("checkpoint.pt")
     if rec.get("format") != RECORD_FORMAT or sha is None or file_sha256(ckpt) != sha:
-        warnings.warn(f"{ckpt} does not match the sha256 stored in {rec_path} (corrupt, or "
-                      "written by an older kd2m): starting the run again from epoch 1",
-                      stacklevel=3)
+        warnings.warn(
+            f"{ckpt} does not match the sha256 stored in {rec_path} (corrupt, or "
+            "written by an older kd2m): starting the run again from epoch 1",
+            stacklevel=3,
+        )
         ckpt.unlink()
         return None
-    return torch_load(ckpt, f"delete {ckpt} and rerun (the run starts again from epoch 1)",
-                      map_location=dev, weights_only=False)
+    return torch_load(
+        ckpt,
+        f"delete {ckpt} and rerun (the run starts again from epoch 1)",
+        map_location=dev,
+        weights_only=False,
+    )
 
 
-def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | None = None,
-        download: bool = False, device: str = "auto", progress: bool | None = None,
-        stop_after: int | None = None) -> dict:
+def run(
+    cfg: RunConfig,
+    *,
+    root: Path | str | None = None,
+    folder: str | Path | None = None,
+    download: bool = False,
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
+    stop_after: int | None = None,
+) -> dict:
     """Return the record of ``cfg``, training it (and its teacher) first if needed.
 
     A finished run is loaded, not retrained, once its files match the sha256 its record
@@ -487,6 +592,13 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
     ``stop_after=k`` stops after epoch ``k`` as a kill would (for tests), leaving a
     ``"running"`` record and a checkpoint. ``progress=None`` reads ``$KD2M_PROGRESS``
     (``0`` turns bars off), default on.
+
+    The steps: the teacher (``run`` of it), the data and the reuse check
+    (:func:`_reusable_record`); then, under the run directory's lock, :func:`_prepare`
+    (loaders, networks, distiller, monitor),
+    :func:`_resume` (the checkpoint, if any), :func:`_train` (Algorithm 1, with
+    :func:`_monitor_epoch` and :func:`_save_epoch` after every epoch) and :func:`_finish`
+    (weights, monitor and the finished record).
     """
     if not isinstance(cfg, RunConfig):
         raise ValueError(f"cfg={cfg!r}: expected a kd2m.runs.RunConfig")
@@ -496,8 +608,9 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
     dev = resolve_device(device)  # a device that cannot train fails before any work
     teacher_rec = None
     if cfg.teacher is not None:
-        teacher_rec = run(cfg.teacher, root=root, folder=folder, download=download,
-                          device=dev, progress=progress)
+        teacher_rec = run(
+            cfg.teacher, root=root, folder=folder, download=download, device=dev, progress=progress
+        )
     data = _load_data(cfg, root, folder, download)
     d = run_dir(cfg, root)
     rec = _reusable_record(d, data, teacher_rec, repair=False)
@@ -508,163 +621,280 @@ def run(cfg: RunConfig, *, root: Path | str | None = None, folder: str | Path | 
         rec = _reusable_record(d, data, teacher_rec, repair=True)  # finished while we waited?
         if rec is not None:
             return rec
-        job = _prepare(cfg, d, data, teacher_rec, dev, root, folder)
-        return _train(job, progress, stop_after)
+        job = _prepare(cfg, root, data=data, teacher_rec=teacher_rec, folder=folder, dev=dev)
+        state = _resume(job)
+        try:
+            history = _train(job, state, progress=progress, stop_after=stop_after)
+        except _Stopped:
+            return load_record(job.rec_path)
+        return _finish(job, history)
 
 
 @dataclass
 class _Job:
-    """Everything one training run needs, built by :func:`_prepare`."""
+    """Everything a run's steps share: the config, where it lives, what it trains on and
+    with, the monitor, and the wall-clock bookkeeping."""
 
     cfg: RunConfig
-    d: Path
-    data: object
+    dir: Path
+    folder: str | Path | None
     dev: torch.device
-    folder: str | None
-    teacher_rec: dict | None
+    data: ImageData
     hflip: bool
-    model: torch.nn.Module
     train_loader: Loader
     test_loader: Loader
     monitor_loader: Loader
-    mon_idx: torch.Tensor
+    model: KD2MNet
+    teacher_rec: dict | None = None
     distiller: Distiller | None = None
+    projector_dims: tuple[int, int] | None = None
     teacher_feats: torch.Tensor | None = None
-    projector_dims: tuple | None = None
+    monitor: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+    started: str = ""
+    wall_before: float = 0.0
+    t_start: float = 0.0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    @property
+    def rec_path(self) -> Path:
+        return self.dir / "record.json"
+
+    def wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t_start
 
 
-def _prepare(cfg: RunConfig, d: Path, data, teacher_rec, dev, root, folder) -> _Job:
+def _prepare(
+    cfg: RunConfig,
+    root: Path,
+    *,
+    data: ImageData,
+    teacher_rec: dict | None,
+    folder,
+    dev: torch.device,
+) -> _Job:
+    """Step 1 (the teacher trained and the data read by :func:`run`): the loaders, the
+    student, the distiller and the monitor's fixed test images."""
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: pick the fastest kernels
     hflip = data.info.hflip if cfg.hflip is None else cfg.hflip
-    loader_kw = {"device": dev, "channels_last": dev.type == "cuda"}
-    train_loader = Loader.from_data(data, "train", batch_size=cfg.batch_size, train=True,
-                                    hflip=hflip, seed=cfg.seed, **loader_kw)
-    test_loader = Loader.from_data(data, "test", batch_size=max(cfg.batch_size, 256),
-                                   train=False, **loader_kw)
+    loader_kw: dict = {"device": dev, "channels_last": dev.type == "cuda"}
+    train_loader = Loader.from_data(
+        data,
+        "train",
+        batch_size=cfg.batch_size,
+        train=True,
+        hflip=hflip,
+        seed=cfg.seed,
+        **loader_kw,
+    )
+    test_loader = Loader.from_data(
+        data, "test", batch_size=max(cfg.batch_size, 256), train=False, **loader_kw
+    )
     model = _build(cfg, len(data.classes)).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     # The monitor: a fixed, class-balanced set of test images (the first of each class in
     # test order), whose features are kept every epoch for Fig. 3 and the theory chapter.
     mon_idx = _monitor_indices(data.y_test, MONITOR_SIZE)
-    monitor_loader = Loader(data.x_test[mon_idx], data.y_test[mon_idx], mean=data.info.mean,
-                            std=data.info.std, batch_size=500, train=False, **loader_kw)
-    job = _Job(cfg, d, data, dev, None if folder is None else str(folder), teacher_rec, hflip,
-               model, train_loader, test_loader, monitor_loader, mon_idx)
+    monitor_loader = Loader(
+        data.x_test[mon_idx],
+        data.y_test[mon_idx],
+        mean=data.info.mean,
+        std=data.info.std,
+        batch_size=500,
+        train=False,
+        **loader_kw,
+    )
+    job = _Job(
+        cfg=cfg,
+        dir=run_dir(cfg, root),
+        folder=folder,
+        dev=dev,
+        data=data,
+        hflip=hflip,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        monitor_loader=monitor_loader,
+        model=model,
+        teacher_rec=teacher_rec,
+    )
     if cfg.teacher is not None:
         _attach_teacher(job, root)
+    job.monitor = {
+        "epochs": [],
+        "head": [],
+        "teacher": job.teacher_feats,
+        "indices": mon_idx,
+        "labels": data.y_test[mon_idx],
+    }
     return job
 
 
-def _attach_teacher(job: _Job, root) -> None:
-    cfg, dev = job.cfg, job.dev
+def _attach_teacher(job: _Job, root: Path) -> None:
+    """The frozen teacher, the projector (when the feature sizes differ), the metric and
+    the teacher's features of the monitored images."""
+    cfg, dev, model = job.cfg, job.dev, job.model
+    assert cfg.teacher is not None
     teacher, _ = load_model(cfg.teacher, root, device=dev)
     if dev.type == "cuda":
         teacher = teacher.to(memory_format=torch.channels_last)
     for p in teacher.parameters():
         p.requires_grad_(False)
     projector = None
-    if job.model.feature_dim != teacher.feature_dim:
+    if model.feature_dim != teacher.feature_dim:
         torch.manual_seed(cfg.seed + 1)
-        projector = make_projector(job.model.feature_dim, teacher.feature_dim).to(dev)
-        job.projector_dims = (job.model.feature_dim, teacher.feature_dim)
+        projector = make_projector(model.feature_dim, teacher.feature_dim).to(dev)
+        job.projector_dims = (model.feature_dim, teacher.feature_dim)
     metric = get_metric(cfg.metric, **cfg.metric_options) if cfg.metric else None
     job.distiller = Distiller(teacher=teacher, metric=metric, lam=cfg.lam, projector=projector)
-    job.teacher_feats = evaluate(teacher, job.monitor_loader, device=dev,
-                                 keep_features=len(job.mon_idx))["features"]
+    job.teacher_feats = evaluate(
+        teacher, job.monitor_loader, device=dev, keep_features=len(job.monitor_loader.y)
+    )["features"]
 
 
-def _record(job: _Job, history: list, status: str, wall: float, started: str, env: dict,
-            files: dict) -> dict:
-    cfg, data, trec = job.cfg, job.data, job.teacher_rec
-    final = {k: history[-1][k] for k in ("test_acc", "test_ce", "train_acc", "train_ce")} \
-        if history else {}
-    return {
-        "format": RECORD_FORMAT, "name": cfg.name, "hash": cfg.hash, "status": status,
-        "config": cfg.to_dict(), "history": history, "final": final,
-        "teacher": None if trec is None else {
-            "name": trec["name"], "hash": trec["hash"], "test_acc": trec["final"]["test_acc"],
-            "model_sha256": trec["files"]["model.pt"]},
-        "data": data.provenance | {"folder": job.folder,
-                                   "n_train": int(data.y_train.shape[0]),
-                                   "n_test": int(data.y_test.shape[0]), "hflip": job.hflip},
-        **env, "started": started, "wall_seconds": wall, "files": files,
-    }
-
-
-def _monitor_epoch(job: _Job, row: dict, monitor: dict) -> None:
-    """Append this epoch's monitored student features and head (copies, not views of the
-    live parameters) and record the feature distances to the teacher in ``row``."""
-    test = evaluate(job.model, job.monitor_loader, device=job.dev,
-                    keep_features=len(job.mon_idx))
-    zs = test["features"]
-    if job.projector_dims is not None:
-        with torch.no_grad():
-            zs = job.distiller.projector(zs.to(job.dev)).float().cpu()
-    zt = job.teacher_feats
-    row["test_feature_w2"] = float(wasserstein(zs.double(), zt.double()))
-    row["test_feature_gap"] = float((zs - zt).norm(dim=1).mean())
-    monitor["epochs"].append(zs.half())
-    head = job.model.head
-    monitor["head"].append((head.weight.detach().to("cpu", torch.float32, copy=True),
-                            head.bias.detach().to("cpu", torch.float32, copy=True)))
-
-
-def _train(job: _Job, progress: bool, stop_after: int | None) -> dict:
-    cfg, d, dev = job.cfg, job.d, job.dev
-    ckpt_path, rec_path = d / "checkpoint.pt", d / "record.json"
-    monitor = {"epochs": [], "head": [], "teacher": job.teacher_feats, "indices": job.mon_idx,
-               "labels": job.data.y_test[job.mon_idx]}
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    wall_before = 0.0
-    state = _resume_state(d, dev)
+def _resume(job: _Job) -> dict | None:
+    """Step 2: the resumable state of an interrupted run (None for a fresh one, or when the
+    checkpoint does not match its record); restores the monitor, the start time and the
+    wall time spent before the interruption."""
+    job.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    state = _resume_state(job.dir, job.dev)
     if state is not None:
-        monitor, started = state.pop("monitor"), state.pop("started")
-        wall_before = state.pop("wall_seconds")
-    env = _environment(dev)
-    t_start = time.perf_counter()
+        job.monitor = state.pop("monitor")
+        job.started = state.pop("started")
+        job.wall_before = state.pop("wall_seconds")
+    job.env = _environment(job.dev)
+    job.t_start = time.perf_counter()
+    return state
 
-    def on_epoch_end(row, st):
-        if job.teacher_feats is not None:
-            _monitor_epoch(job, row, monitor)
-        wall = wall_before + time.perf_counter() - t_start
-        atomic_torch_save(st | {"monitor": monitor, "started": started,
-                                "wall_seconds": wall}, ckpt_path)
-        files = {"checkpoint.pt": file_sha256(ckpt_path)}
-        atomic_json(_record(job, st["history"], "running", wall, started, env, files),
-                    rec_path)
+
+def _train(job: _Job, state: dict | None, *, progress: bool, stop_after: int | None) -> list[dict]:
+    """Step 3: Algorithm 1 (:func:`kd2m.train.fit`) from ``state``; after every epoch the
+    monitor (:func:`_monitor_epoch`) and the checkpoint and running record
+    (:func:`_save_epoch`). Raises :class:`_Stopped` after epoch ``stop_after``."""
+    cfg = job.cfg
+
+    def on_epoch_end(row: dict, st: dict) -> None:
+        _monitor_epoch(job, row)
+        _save_epoch(job, st)
         if stop_after is not None and row["epoch"] >= stop_after and row["epoch"] < cfg.epochs:
             raise _Stopped
 
-    try:
-        history = fit(job.model, train_loader=job.train_loader, test_loader=job.test_loader,
-                      epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum,
-                      weight_decay=cfg.weight_decay, lr_min=cfg.lr_min, device=dev,
-                      distiller=job.distiller, state=state, on_epoch_end=on_epoch_end,
-                      progress=progress)
-    except _Stopped:
-        return load_record(rec_path)
-    wall = wall_before + time.perf_counter() - t_start
-    return _finish(job, history, monitor, wall, started, env)
+    return fit(
+        job.model,
+        train_loader=job.train_loader,
+        test_loader=job.test_loader,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        lr_min=cfg.lr_min,
+        device=job.dev,
+        distiller=job.distiller,
+        state=state,
+        on_epoch_end=on_epoch_end,
+        progress=progress,
+    )
 
 
-def _finish(job: _Job, history: list, monitor: dict, wall: float, started: str,
-            env: dict) -> dict:
-    """Write model.pt (and monitor.pt), then the finished record with their sha256."""
-    d = job.d
+def _monitor_epoch(job: _Job, row: dict) -> None:
+    """The student's features of the monitored images after this epoch (projected into the
+    teacher's space when the sizes differ), their squared W2 and mean gap to the teacher's
+    (added to ``row``), and the student's head. Nothing without a teacher."""
+    if job.teacher_feats is None:
+        return
+    teacher_feats = job.teacher_feats
+    test = evaluate(job.model, job.monitor_loader, device=job.dev, keep_features=len(teacher_feats))
+    zs = test["features"]
+    projector = job.distiller.projector if job.distiller is not None else None
+    if projector is not None:
+        with torch.no_grad():
+            zs = projector(zs.to(job.dev)).float().cpu()
+    row["test_feature_w2"] = float(wasserstein(zs.double(), teacher_feats.double()))
+    row["test_feature_gap"] = float((zs - teacher_feats).norm(dim=1).mean())
+    job.monitor["epochs"].append(zs.half())
+    head = job.model.head  # copies: .float().cpu() of a CPU float32 tensor is the tensor itself
+    job.monitor["head"].append(
+        (
+            head.weight.detach().to("cpu", torch.float32, copy=True),
+            head.bias.detach().to("cpu", torch.float32, copy=True),
+        )
+    )
+
+
+def _save_epoch(job: _Job, st: dict) -> None:
+    """The checkpoint (resumable state, monitor, start and wall time) and the running record
+    with the checkpoint's sha256."""
+    wall = job.wall()
+    atomic_torch_save(
+        st | {"monitor": job.monitor, "started": job.started, "wall_seconds": wall}, job.ckpt_path
+    )
+    files = {"checkpoint.pt": file_sha256(job.ckpt_path)}
+    atomic_json(_record(job, st["history"], "running", wall, files), job.rec_path)
+
+
+def _record(job: _Job, history: list[dict], status: str, wall: float, files: dict) -> dict:
+    """The JSON record of ``job`` with ``history`` so far and the sha256 of its ``files``."""
+    cfg, data, teacher_rec = job.cfg, job.data, job.teacher_rec
+    final = (
+        {k: history[-1][k] for k in ("test_acc", "test_ce", "train_acc", "train_ce")}
+        if history
+        else {}
+    )
+    return {
+        "format": RECORD_FORMAT,
+        "name": cfg.name,
+        "hash": cfg.hash,
+        "status": status,
+        "config": cfg.to_dict(),
+        "history": history,
+        "final": final,
+        "teacher": None
+        if teacher_rec is None
+        else {
+            "name": teacher_rec["name"],
+            "hash": teacher_rec["hash"],
+            "test_acc": teacher_rec["final"]["test_acc"],
+            "model_sha256": teacher_rec["files"]["model.pt"],
+        },
+        "data": data.provenance
+        | {
+            "folder": None if job.folder is None else str(job.folder),
+            "n_train": int(data.y_train.shape[0]),
+            "n_test": int(data.y_test.shape[0]),
+            "hflip": job.hflip,
+        },
+        **job.env,
+        "started": job.started,
+        "wall_seconds": wall,
+        "files": files,
+    }
+
+
+def _finish(job: _Job, history: list[dict]) -> dict:
+    """Step 4: the final weights (and projector), the monitor, the finished record with
+    their sha256; the checkpoint is removed last."""
+    wall = job.wall()
     proj = job.distiller.projector if job.distiller is not None else None
-    atomic_torch_save({
-        "model": job.model.state_dict(), "num_classes": len(job.data.classes),
-        "projector": proj.state_dict() if proj is not None else None,
-        "projector_dims": job.projector_dims}, d / "model.pt")
-    files = {"model.pt": file_sha256(d / "model.pt")}
+    atomic_torch_save(
+        {
+            "model": job.model.state_dict(),
+            "num_classes": len(job.data.classes),
+            "projector": proj.state_dict() if proj is not None else None,
+            "projector_dims": job.projector_dims,
+        },
+        job.dir / "model.pt",
+    )
+    files = {"model.pt": file_sha256(job.dir / "model.pt")}
     if job.teacher_feats is not None:
-        atomic_torch_save(monitor, d / "monitor.pt")
-        files["monitor.pt"] = file_sha256(d / "monitor.pt")
-    rec = _record(job, history, "finished", wall, started, env, files)
-    atomic_json(rec, d / "record.json")
-    (d / "checkpoint.pt").unlink(missing_ok=True)
+        atomic_torch_save(job.monitor, job.dir / "monitor.pt")
+        files["monitor.pt"] = file_sha256(job.dir / "monitor.pt")
+    rec = _record(job, history, "finished", wall, files)
+    atomic_json(rec, job.rec_path)
+    job.ckpt_path.unlink(missing_ok=True)
     return rec
 
 

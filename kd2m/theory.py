@@ -71,12 +71,11 @@ return ``W_2``, not ``W_2^2``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import ot
 import scipy.linalg
 from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
@@ -91,12 +90,17 @@ __all__ = [
     "check_bounds",
     "coupling_gap",
     "empirical_wasserstein",
+    "estimates_over_sizes",
+    "fit_rate",
     "gaussian_w2_closed_form",
+    "gaussian_w2_squared",
     "labelled_wasserstein1",
     "lipschitz_ce_linear",
     "max_gap",
+    "per_sample_ce",
     "risk",
     "sample_w2_convergence",
+    "to_float64",
 ]
 
 DEFAULT_RTOL = 1e-9
@@ -119,6 +123,12 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
         return np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic inputs
         raise ValueError(f"{name} could not be converted to an array: {exc}") from exc
+
+
+def to_float64(x: Any, name: str = "x") -> np.ndarray:
+    """``x`` (numpy array, torch tensor on any device and dtype, or sequence) as a float64
+    numpy array: the one conversion the numpy code of kd2m (and of the book) uses."""
+    return _to_numpy(x, name).astype(np.float64, copy=False)
 
 
 def _features(x: Any, name: str) -> np.ndarray:
@@ -233,6 +243,8 @@ def _emd_wasserstein(dist: np.ndarray, p: int) -> float:
     cost = np.ascontiguousarray((dist / dmax) ** p, dtype=np.float64)
     if n == 1 or m == 1:  # a single atom on one side: the only coupling is the product
         return dmax * float(np.mean(cost)) ** (1.0 / p)
+    import ot  # here, not at the top: POT imports scikit-learn, which imports pandas
+
     a = np.full(n, 1.0 / n)
     b = np.full(m, 1.0 / m)
     value, log = ot.emd2(a, b, cost, numItermax=_EMD_MAX_ITER, log=True)
@@ -324,6 +336,16 @@ def _ce_terms(z: np.ndarray, labels: np.ndarray, w: np.ndarray, b: np.ndarray) -
     return logsumexp(logits, axis=1) - logits[np.arange(z.shape[0]), labels]
 
 
+def per_sample_ce(z: Any, y: Any, weight: Any, bias: Any = None) -> np.ndarray:
+    """``CE(W z_i + b, y_i) = logsumexp(W z_i + b) - (W z_i + b)_{y_i}`` for each row
+    (float64, natural log, stable log-sum-exp); its mean is :func:`risk`. Shapes as in
+    :func:`risk`."""
+    z = _features(z, "z")
+    labels = _labels(y, z.shape[0])
+    w, b = _head(weight, bias, z.shape[1])
+    return _ce_terms(z, labels, w, b)
+
+
 def risk(z: Any, y: Any, weight: Any, bias: Any = None) -> float:
     """Empirical risk ``R(h) = (1/n) sum_i CE(W z_i + b, y_i)`` of a fixed linear head.
 
@@ -332,10 +354,7 @@ def risk(z: Any, y: Any, weight: Any, bias: Any = None) -> float:
     computed in float64 with a stable log-sum-exp.  ``weight`` is (K, d),
     ``bias`` (K,) or ``None`` (zero), labels in ``[0, K)``.
     """
-    z = _features(z, "z")
-    labels = _labels(y, z.shape[0])
-    w, b = _head(weight, bias, z.shape[1])
-    return float(np.mean(_ce_terms(z, labels, w, b)))
+    return float(np.mean(per_sample_ce(z, y, weight, bias)))
 
 
 def lipschitz_ce_linear(weight: Any) -> float:
@@ -492,15 +511,23 @@ class BoundReport:
         ``coupling_gap_rms <= max_gap`` and the per-sample bound
         ``|risk_S - risk_T| <= Lip * coupling_gap`` of EQUATIONS.md.
         """
-        fs, ls, L = self.feature_scale, self.loss_scale, self.lipschitz
-        rs, rt = self.risk_student, self.risk_teacher
+        return self._transport_chain() + self._risk_chain() + self._rms_chain()
 
-        def feat(name: str, lhs: float, rhs: float, why: str) -> Inequality:
-            return Inequality(name, float(lhs), float(rhs), self._tol(lhs, rhs, scale=fs), why)
+    def _feat(self, name: str, lhs: float, rhs: float, why: str) -> Inequality:
+        """An inequality between transport quantities (tolerance on the feature scale)."""
+        return Inequality(
+            name, float(lhs), float(rhs), self._tol(lhs, rhs, scale=self.feature_scale), why
+        )
 
-        def loss(name: str, lhs: float, rhs: float, why: str) -> Inequality:
-            return Inequality(name, float(lhs), float(rhs), self._tol(lhs, rhs, scale=ls), why)
+    def _loss(self, name: str, lhs: float, rhs: float, why: str) -> Inequality:
+        """An inequality between risks (tolerance on the loss scale)."""
+        return Inequality(
+            name, float(lhs), float(rhs), self._tol(lhs, rhs, scale=self.loss_scale), why
+        )
 
+    def _transport_chain(self) -> list[Inequality]:
+        """``W1 <= W1_labelled <= coupling_gap <= max_gap`` and ``W1 <= W2``."""
+        feat = self._feat
         return [
             feat(
                 "W1 <= W1_labelled",
@@ -522,6 +549,13 @@ class BoundReport:
                 "a mean is at most the maximum",
             ),
             feat("W1 <= W2", self.W1, self.W2, "Jensen: the W2-optimal plan costs >= W1 in L1"),
+        ]
+
+    def _risk_chain(self) -> list[Inequality]:
+        """The risk gap against ``Lip`` times the transport terms (Theorem 4.1, eq. 10)."""
+        loss, L = self._loss, self.lipschitz
+        rs, rt = self.risk_student, self.risk_teacher
+        return [
             loss(
                 "|risk_S - risk_T| <= Lip * W1_labelled",
                 abs(rs - rt),
@@ -553,6 +587,12 @@ class BoundReport:
                 L * self.coupling_gap,
                 "per-sample Lipschitz bound (EQUATIONS.md, Section 4)",
             ),
+        ]
+
+    def _rms_chain(self) -> list[Inequality]:
+        """``W2 <= coupling_gap_rms``, ``coupling_gap <= coupling_gap_rms <= max_gap``."""
+        feat = self._feat
+        return [
             feat(
                 "W2 <= coupling_gap_rms",
                 self.W2,
@@ -709,14 +749,20 @@ def _psd_sqrtm(A: np.ndarray) -> np.ndarray:
     return np.real(np.asarray(R))
 
 
-def gaussian_w2_closed_form(m1: Any, S1: Any, m2: Any, S2: Any) -> float:
-    """``W_2(N(m1, S1), N(m2, S2))`` in closed form (Bures-Wasserstein, paper eq. 6).
+def _psd_sqrt_eigh(A: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((A + A.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
-    ``W_2^2 = ||m1 - m2||^2 + tr(S1 + S2 - 2 (S2^{1/2} S1 S2^{1/2})^{1/2})``,
-    matrix square roots by ``scipy.linalg.sqrtm`` (real part; the inner
-    matrix is symmetrised first).  Returns ``W_2``, **not squared** (a tiny
-    negative ``W_2^2`` from rounding is clipped to 0).  Covariances must be
-    symmetric positive semi-definite.
+
+def gaussian_w2_squared(m1: Any, S1: Any, m2: Any, S2: Any, *, method: str = "scipy") -> float:
+    """``W_2^2(N(m1, S1), N(m2, S2))`` in closed form (Bures-Wasserstein, paper eq. 6).
+
+    ``||m1 - m2||^2 + tr(S1 + S2 - 2 (S2^{1/2} S1 S2^{1/2})^{1/2})`` (the inner matrix is
+    symmetrised first), **squared**, with the matrix square roots of ``method``:
+    ``"scipy"`` (:func:`scipy.linalg.sqrtm`, Schur method, real part; for full-rank
+    covariances), ``"eigh"`` (symmetric eigendecomposition, eigenvalues clipped at 0; also
+    for rank-deficient ones) or ``"pot"`` (:func:`ot.gaussian.bures_wasserstein_distance`,
+    squared). Covariances must be symmetric positive semi-definite.
     """
     m1, S1 = _gaussian(m1, S1, "1")
     m2, S2 = _gaussian(m2, S2, "2")
@@ -724,12 +770,51 @@ def gaussian_w2_closed_form(m1: Any, S1: Any, m2: Any, S2: Any) -> float:
         raise ValueError(
             f"the two Gaussians must have the same dimension; got {m1.shape} and {m2.shape}"
         )
-    r2 = _psd_sqrtm(S2)
+    if method == "pot":
+        import ot
+
+        return float(ot.gaussian.bures_wasserstein_distance(m1, m2, S1, S2)) ** 2
+    roots = {"scipy": _psd_sqrtm, "eigh": _psd_sqrt_eigh}
+    if method not in roots:
+        raise ValueError(f"method={method!r}: expected 'scipy', 'eigh' or 'pot'")
+    sqrt = roots[method]
+    r2 = sqrt(S2)
     inner = r2 @ S1 @ r2
     inner = 0.5 * (inner + inner.T)
-    cross = _psd_sqrtm(inner)
-    w2sq = float(np.sum((m1 - m2) ** 2) + np.trace(S1) + np.trace(S2) - 2.0 * np.trace(cross))
-    return math.sqrt(max(w2sq, 0.0))
+    cross = sqrt(inner)
+    return float(np.sum((m1 - m2) ** 2) + np.trace(S1) + np.trace(S2) - 2.0 * np.trace(cross))
+
+
+def gaussian_w2_closed_form(m1: Any, S1: Any, m2: Any, S2: Any) -> float:
+    """``W_2(N(m1, S1), N(m2, S2))``: the square root of :func:`gaussian_w2_squared`
+    (``method="scipy"``), **not squared** (a tiny negative ``W_2^2`` from rounding is
+    clipped to 0)."""
+    return math.sqrt(max(gaussian_w2_squared(m1, S1, m2, S2), 0.0))
+
+
+def estimates_over_sizes(
+    sizes: Sequence[int],
+    repeats: int,
+    sample: Callable[[int], tuple[Any, Any]],
+    estimators: Mapping[str, Callable[[Any, Any], float]],
+) -> dict[str, np.ndarray]:
+    """The loop of a convergence study: ``values[name][r, j]`` is estimator ``name`` on the
+    ``r``-th draw ``sample(sizes[j])`` (two samples of ``sizes[j]`` points), for each size in
+    order and each of ``repeats`` draws; every estimator sees the same draws."""
+    values = {name: np.zeros((int(repeats), len(sizes))) for name in estimators}
+    for j, n in enumerate(sizes):
+        for r in range(int(repeats)):
+            a, b = sample(int(n))
+            for name, estimate in estimators.items():
+                values[name][r, j] = float(estimate(a, b))
+    return values
+
+
+def fit_rate(sizes: Any, errors: Any) -> tuple[float, float]:
+    """Least-squares ``(slope, intercept)`` of ``log(error) = intercept + slope * log(n)``
+    (the empirical convergence rate of an estimator over batch sizes ``n``)."""
+    slope, intercept = np.polyfit(np.log(np.asarray(sizes, float)), np.log(errors), 1)
+    return float(slope), float(intercept)
 
 
 @dataclass(frozen=True)
@@ -791,20 +876,23 @@ def sample_w2_convergence(
         raise ValueError(f"repeats must be >= 1; got {repeats}")
     exact = gaussian_w2_closed_form(m1, S1, m2, S2)
     rng = np.random.default_rng(seed)
-    means, stds, errs = [], [], []
-    for n in sizes:
-        vals = np.empty(int(repeats))
-        for r in range(int(repeats)):
-            x = rng.multivariate_normal(m1, S1, size=n, method="eigh")
-            z = rng.multivariate_normal(m2, S2, size=n, method="eigh")
-            vals[r] = empirical_wasserstein(x, z, p=2)
-        means.append(float(vals.mean()))
-        stds.append(float(vals.std()))
-        errs.append(float(np.mean(np.abs(vals - exact))))
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        x = rng.multivariate_normal(m1, S1, size=n, method="eigh")
+        return x, rng.multivariate_normal(m2, S2, size=n, method="eigh")
+
+    def w2(x: np.ndarray, z: np.ndarray) -> float:
+        return empirical_wasserstein(x, z, p=2)
+
+    values = estimates_over_sizes(sizes, repeats, sample, {"W2": w2})["W2"]  # (repeats, sizes)
+    columns = [np.ascontiguousarray(values[:, j]) for j in range(len(sizes))]
+    means = [float(v.mean()) for v in columns]
+    stds = [float(v.std()) for v in columns]
+    errs = [float(np.mean(np.abs(v - exact))) for v in columns]
     e = np.asarray(errs)
     ok = e > 0
     if np.count_nonzero(ok) >= 2 and len(set(np.asarray(sizes)[ok].tolist())) >= 2:
-        slope, intercept = np.polyfit(np.log(np.asarray(sizes, float)[ok]), np.log(e[ok]), 1)
+        slope, intercept = fit_rate(np.asarray(sizes)[ok], e[ok])
     else:
         slope, intercept = float("nan"), float("nan")
     return W2Convergence(

@@ -21,31 +21,44 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["resolve_device", "Distiller", "evaluate", "make_optimizer", "train_step", "train_epoch",
-           "fit"]
+__all__ = [
+    "resolve_device",
+    "DistillationMetric",
+    "Distiller",
+    "evaluate",
+    "make_optimizer",
+    "train_step",
+    "train_epoch",
+    "fit",
+]
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device``."""
+def resolve_device(device: str | torch.device = "auto", *, allow_mps: bool = True) -> torch.device:
+    """``"auto"`` picks CUDA, then MPS (unless ``allow_mps=False``, e.g. for float64 work:
+    MPS has none), then CPU; anything else is passed to ``torch.device``."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        mps = getattr(torch.backends, "mps", None)
+        if allow_mps and mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a torch device (expected 'auto', 'cpu', "
-                         "'cuda', 'cuda:N' or 'mps')") from exc
+        raise ValueError(
+            f"device={device!r} is not a torch device (expected 'auto', 'cpu', "
+            "'cuda', 'cuda:N' or 'mps')"
+        ) from exc
     _check_available(dev, device)
     return dev
 
@@ -53,16 +66,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def _check_available(dev: torch.device, asked) -> None:
     """Raise ValueError, before any work, when ``dev`` cannot train here."""
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device={asked!r} cannot train (its tensors hold no data or it is "
-                         "not supported): use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        raise ValueError(
+            f"device={asked!r} cannot train (its tensors hold no data or it is "
+            "not supported): use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        )
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={asked!r} but no CUDA GPU is available here (torch "
-                             f"{torch.__version__}, CUDA build {torch.version.cuda}): use "
-                             "device 'cpu' or 'auto'")
+            raise ValueError(
+                f"device={asked!r} but no CUDA GPU is available here (torch "
+                f"{torch.__version__}, CUDA build {torch.version.cuda}): use "
+                "device 'cpu' or 'auto'"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device={asked!r} but only {torch.cuda.device_count()} CUDA "
-                             "device(s) exist here")
+            raise ValueError(
+                f"device={asked!r} but only {torch.cuda.device_count()} CUDA device(s) exist here"
+            )
     mps = getattr(torch.backends, "mps", None)
     if dev.type == "mps" and (mps is None or not mps.is_available()):
         raise ValueError(f"device={asked!r} but MPS is not available here: use 'cpu' or 'auto'")
@@ -73,45 +91,69 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+class DistillationMetric(Protocol):
+    """What :class:`Distiller` needs of a metric (:class:`kd2m.metrics.Metric` is one).
+
+    ``inputs``: ``"features"`` (the student's projected features and the teacher's) or
+    ``"logits"``; ``needs_student_probs``: whether ``ps`` (softmax of the student's logits)
+    must be passed. Called as ``metric(zs, zt, y, ps=ps, validate=False)`` (``ps`` only
+    when needed); returns a 0-dim tensor.
+    """
+
+    inputs: str
+    needs_student_probs: bool
+
+    def __call__(self, zs, zt, y=None, *, ps=None, validate: bool = True) -> torch.Tensor: ...
+
+
 @dataclass
 class Distiller:
     """What the student is distilled with: a frozen teacher, a metric, a weight and a projector.
 
-    ``metric`` is a callable from :func:`kd2m.metrics.get_metric` (``fn(zs, zt, y)``) whose
-    attribute ``inputs`` is ``"features"`` or ``"logits"``. With ``lam == 0`` and a metric the
-    distance is still computed (without gradient) and recorded, which is what Fig. 2 plots for
-    ``lambda = 0``.
+    ``metric`` follows :class:`DistillationMetric` (e.g. :func:`kd2m.metrics.get_metric`).
+    With ``lam == 0`` and a metric the distance is still computed (without gradient) and
+    recorded, which is what Fig. 2 plots for ``lambda = 0``.
     """
 
     teacher: nn.Module
-    metric: Callable | None = None
+    metric: DistillationMetric | None = None
     lam: float = 0.0
     projector: nn.Module | None = None
 
-    def loss(self, logits_s, feats_s, x, y):
-        """Return the distillation term ``D`` (0-dim tensor, float32+) or ``None``."""
+    def __post_init__(self) -> None:
+        # frozen: eval mode (BatchNorm uses and keeps its running statistics), no gradient
+        self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def terms(self, logits_s, feats_s, x, y) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(D, lambda * D)``: the distance (0-dim, float32+, recorded) and the weighted term
+        added to the cross-entropy (None when ``lam == 0``); ``(None, None)`` without a
+        metric."""
         if self.metric is None:
-            return None
+            return None, None
         with torch.no_grad():
             logits_t, feats_t = self.teacher(x)
-        if getattr(self.metric, "inputs", "features") == "logits":
+        if self.metric.inputs == "logits":
             zs, zt = logits_s, logits_t
         else:
             zs = self.projector(feats_s) if self.projector is not None else feats_s
             zt = feats_t
         # validate=False: no host synchronisation for the NaN check on every step; a
         # non-finite loss is caught at the end of the epoch (train_epoch).
-        extra = {"validate": False}
-        if getattr(self.metric, "options", {}).get("label_cost") == "ce":
-            extra["ps"] = logits_s.float().softmax(1)  # JDOT: the student's predictions
+        kwargs: dict = {"validate": False}
+        if self.metric.needs_student_probs:
+            kwargs["ps"] = logits_s.float().softmax(1)  # JDOT: the student's predictions
         if self.lam == 0:
             with torch.no_grad():
-                return self.metric(zs.detach().float(), zt.float(), y, **extra)
-        return self.metric(zs.float(), zt.float(), y, **extra)
+                return self.metric(zs.detach().float(), zt.float(), y, **kwargs), None
+        dist = self.metric(zs.float(), zt.float(), y, **kwargs)
+        return dist, self.lam * dist
 
 
-def make_optimizer(params, *, lr: float, momentum: float, weight_decay: float, epochs: int,
-                   lr_min: float):
+def make_optimizer(
+    params, *, lr: float, momentum: float, weight_decay: float, epochs: int, lr_min: float
+):
     """SGD with momentum and a cosine schedule over ``epochs`` (stepped once per epoch)."""
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=lr_min)
@@ -123,18 +165,25 @@ def train_step(model, x, y, opt, *, device: torch.device, distiller: Distiller |
     ``(logits, ce, D)`` (``D`` is None without a metric)."""
     with _autocast(device):
         logits, feats = model(x)
-        dist = distiller.loss(logits, feats, x, y) if distiller is not None else None
+        dist, term = (None, None) if distiller is None else distiller.terms(logits, feats, x, y)
     ce = F.cross_entropy(logits.float(), y)
-    lam = distiller.lam if distiller is not None else 0.0
-    loss = ce + lam * dist if (dist is not None and lam > 0) else ce
+    loss = ce + term if term is not None else ce
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return logits, ce, dist
 
 
-def train_epoch(model, loader, epoch: int, opt, *, device: torch.device,
-                distiller: Distiller | None = None, progress: bool = True) -> dict:
+def train_epoch(
+    model,
+    loader,
+    epoch: int,
+    opt,
+    *,
+    device: torch.device,
+    distiller: Distiller | None = None,
+    progress: bool = True,
+) -> dict:
     """One pass over ``loader.epoch(epoch)``. Returns mean train CE, distillation loss, accuracy.
 
     Sums stay on the device (no host synchronisation per step, except inside an exact OT
@@ -149,8 +198,13 @@ def train_epoch(model, loader, epoch: int, opt, *, device: torch.device,
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     has_d = distiller is not None and distiller.metric is not None
-    bar = tqdm(loader.epoch(epoch), total=len(loader), desc=f"epoch {epoch + 1}",
-               disable=not progress, leave=False)
+    bar = tqdm(
+        loader.epoch(epoch),
+        total=len(loader),
+        desc=f"epoch {epoch + 1}",
+        disable=not progress,
+        leave=False,
+    )
     for x, y in bar:
         logits, ce, dist = train_step(model, x, y, opt, device=device, distiller=distiller)
         n = y.shape[0]
@@ -164,7 +218,8 @@ def train_epoch(model, loader, epoch: int, opt, *, device: torch.device,
     if not math.isfinite(mean_ce) or (mean_d is not None and not math.isfinite(mean_d)):
         raise FloatingPointError(
             f"non-finite training loss in epoch {epoch + 1}: cross-entropy={mean_ce}, "
-            f"distillation={mean_d}; lower the learning rate or lambda")
+            f"distillation={mean_d}; lower the learning rate or lambda"
+        )
     return {"train_ce": mean_ce, "train_distill": mean_d, "train_acc": correct.item() / seen}
 
 
@@ -188,17 +243,28 @@ def evaluate(model, loader, *, device: torch.device, keep_features: int = 0) -> 
             take = min(keep_features - kept, y.shape[0])
             feats.append(z[:take].float().cpu())
             kept += take
-    out = {"test_ce": (sum_ce / seen).item(), "test_acc": correct.item() / seen}
+    out: dict = {"test_ce": (sum_ce / seen).item(), "test_acc": correct.item() / seen}
     if keep_features:
         out["features"] = torch.cat(feats)
     return out
 
 
-def fit(model, *, train_loader, test_loader, epochs: int, lr: float, momentum: float,
-        weight_decay: float, lr_min: float, device: torch.device,
-        distiller: Distiller | None = None, state: dict | None = None,
-        on_epoch_end: Callable[[dict, dict], None] | None = None,
-        progress: bool = True) -> list[dict]:
+def fit(
+    model,
+    *,
+    train_loader,
+    test_loader,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    lr_min: float,
+    device: torch.device,
+    distiller: Distiller | None = None,
+    state: dict | None = None,
+    on_epoch_end: Callable[[dict, dict], None] | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Algorithm 1: train ``model`` for ``epochs`` epochs and return the per-epoch history.
 
     ``state`` (from a checkpoint: model, projector, optimiser and scheduler states, history)
@@ -212,8 +278,9 @@ def fit(model, *, train_loader, test_loader, epochs: int, lr: float, momentum: f
     projector = distiller.projector if distiller is not None else None
     if projector is not None:
         params += list(projector.parameters())
-    opt, sched = make_optimizer(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                epochs=epochs, lr_min=lr_min)
+    opt, sched = make_optimizer(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay, epochs=epochs, lr_min=lr_min
+    )
     history: list[dict] = []
     if state is not None:
         model.load_state_dict(state["model"])
@@ -225,18 +292,30 @@ def fit(model, *, train_loader, test_loader, epochs: int, lr: float, momentum: f
     for epoch in range(len(history), epochs):
         t0 = time.perf_counter()
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
-        row.update(train_epoch(model, train_loader, epoch, opt, device=device,
-                               distiller=distiller, progress=progress))
+        row.update(
+            train_epoch(
+                model,
+                train_loader,
+                epoch,
+                opt,
+                device=device,
+                distiller=distiller,
+                progress=progress,
+            )
+        )
         sched.step()
         row.update(evaluate(model, test_loader, device=device))
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         if on_epoch_end is not None:
-            on_epoch_end(row, {
-                "model": model.state_dict(),
-                "projector": projector.state_dict() if projector is not None else None,
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "history": history,
-            })
+            on_epoch_end(
+                row,
+                {
+                    "model": model.state_dict(),
+                    "projector": projector.state_dict() if projector is not None else None,
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "history": history,
+                },
+            )
     return history

@@ -17,10 +17,19 @@ def test_bench_data_compares_both_pipelines():
 
 
 def test_bench_steps_isolates_each_metric():
-    rows = bench.bench_steps(n=16, repeats=1, warmup=1, student="resnet8", teacher="resnet8",
-                             metrics=["wasserstein", "hinton"])
-    assert [r["step"] for r in rows] == ["distance-free (student step + teacher forward)",
-                                         "KD2M wasserstein", "KD2M hinton"]
+    rows = bench.bench_steps(
+        n=16,
+        repeats=1,
+        warmup=1,
+        student="resnet8",
+        teacher="resnet8",
+        metrics=["wasserstein", "hinton"],
+    )
+    assert [r["step"] for r in rows] == [
+        "distance-free (student step + teacher forward)",
+        "KD2M wasserstein",
+        "KD2M hinton",
+    ]
     assert _positive(rows, "seconds") and rows[0]["ratio"] == 1.0
 
 
@@ -32,5 +41,5 @@ def test_bench_epoch_and_cli_json(tmp_path, capsys):
     assert "kd2m Loader" in capsys.readouterr().out
     blob = json.loads(out.read_text())
     assert {"hardware", "data"} <= set(blob)
-    assert bench.load_results(tmp_path)["data"] == blob["data"]
+    assert bench.load_benchmarks(tmp_path)["data"] == blob["data"]
     assert bench.frame(blob["data"]).index.name == "pipeline"

@@ -7,11 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from kd2m.profiles import PROFILES, student_config, teacher_config
+from kd2m.profiles import student_config, teacher_config
 from kd2m.runs import RunConfig, list_runs, load_model, load_monitor, load_record, run, run_dir
 
-CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-           "truck"]
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +32,17 @@ def folder(tmp_path_factory):
 def tiny(metric=None, lam=0.0, epochs=2, **kw):
     small = {"epochs": epochs, "batch_size": 32, "width": 4, "n_train": None, "n_test": None}
     teacher = teacher_config("cpu", "cifar10", source="folder", **(small | {"width": 8}))
-    return student_config("cpu", "cifar10", metric, lam=lam, source="folder", teacher=teacher,
-                          **(small | kw))
+    return student_config(
+        "cpu", "cifar10", metric, lam=lam, source="folder", teacher=teacher, **(small | kw)
+    )
 
 
-@pytest.fixture()
-def root(tmp_path, monkeypatch):
-    monkeypatch.setenv("KD2M_PROGRESS", "0")
-    return tmp_path
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """One run store for the module: a teacher trained by one test is loaded by the next."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KD2M_PROGRESS", "0")
+        yield tmp_path_factory.mktemp("store")
 
 
 def test_teacher_baseline_and_kd2m_records(root, folder):
@@ -49,8 +51,18 @@ def test_teacher_baseline_and_kd2m_records(root, folder):
     assert rec["status"] == "finished" and rec["format"] == 2
     assert rec["config"] == cfg.to_dict() and rec["hash"] == cfg.hash
     assert [h["epoch"] for h in rec["history"]] == [1, 2]
-    keys = {"epoch", "lr", "train_ce", "train_distill", "train_acc", "test_ce", "test_acc",
-            "seconds", "test_feature_w2", "test_feature_gap"}
+    keys = {
+        "epoch",
+        "lr",
+        "train_ce",
+        "train_distill",
+        "train_acc",
+        "test_ce",
+        "test_acc",
+        "seconds",
+        "test_feature_w2",
+        "test_feature_gap",
+    }
     for row in rec["history"]:
         assert keys <= set(row)
         assert all(np.isfinite(row[k]) for k in keys)
@@ -80,7 +92,8 @@ def test_teacher_baseline_and_kd2m_records(root, folder):
 
 def test_resume_gives_the_same_numbers(root, folder, tmp_path_factory):
     cfg = tiny("gaussian_wasserstein", lam=0.1, epochs=3)
-    full = run(cfg, root=tmp_path_factory.mktemp("full"), folder=folder, device="cpu")
+    full_root = tmp_path_factory.mktemp("full")
+    full = run(cfg, root=full_root, folder=folder, device="cpu")
     part = run(cfg, root=root, folder=folder, device="cpu", stop_after=1)
     assert part["status"] == "running" and len(part["history"]) == 1
     assert (run_dir(cfg, root) / "checkpoint.pt").exists()
@@ -88,9 +101,10 @@ def test_resume_gives_the_same_numbers(root, folder, tmp_path_factory):
     assert resumed["status"] == "finished"
     drop = {"seconds"}
     for a, b in zip(full["history"], resumed["history"], strict=True):
-        assert {k: v for k, v in a.items() if k not in drop} == \
-               {k: v for k, v in b.items() if k not in drop}
-    m1, _ = load_model(cfg, tmp_path_factory.getbasetemp() / "full0")
+        assert {k: v for k, v in a.items() if k not in drop} == {
+            k: v for k, v in b.items() if k not in drop
+        }
+    m1, _ = load_model(cfg, full_root)
     m2, _ = load_model(cfg, root)
     for p1, p2 in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True):
         assert torch.equal(p1, p2)
@@ -106,17 +120,19 @@ def test_lambda_zero_with_metric_records_but_does_not_train_on_it(root, folder):
         assert a["test_acc"] == b["test_acc"]
 
 
-@pytest.mark.parametrize("metric", ["class_wasserstein", "joint_wasserstein", "gaussian_kl",
-                                    "class_gaussian", "mmd", "hinton"])
+@pytest.mark.parametrize(
+    "metric",
+    ["class_wasserstein", "joint_wasserstein", "gaussian_kl", "class_gaussian", "mmd", "hinton"],
+)
 def test_every_metric_trains_one_epoch(root, folder, metric):
     rec = run(tiny(metric, lam=0.05, epochs=1), root=root, folder=folder, device="cpu")
     assert np.isfinite(rec["history"][0]["train_distill"])
 
 
-def test_missing_data_error_names_the_path(root, tmp_path):
+def test_missing_data_error_names_the_path(tmp_path):
     cfg = tiny(None)
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        run(cfg, root=root, folder=tmp_path / "nowhere", device="cpu")
+        run(cfg, root=tmp_path / "store", folder=tmp_path / "nowhere", device="cpu")
 
 
 def test_config_errors_name_the_value():
@@ -145,23 +161,127 @@ def test_config_hash_is_stable_and_sensitive():
     assert RunConfig.from_dict(json.loads(json.dumps(a.to_dict()))).hash == a.hash
     assert a.replace(lam=2e-4).hash != a.hash
     assert a.replace(teacher=a.teacher.replace(seed=1)).hash != a.hash
-    p = PROFILES["paper"]
-    assert (a.arch, a.teacher.arch, a.lr, a.lam, a.epochs, a.batch_size, a.lr_min) == \
-        ("resnet18", "resnet34", 1e-2, 1e-4, 15, 128, 1e-4) == \
-        (p["student"]["arch"], p["teacher"]["arch"], p["lr"], p["lam"], p["epochs"],
-         p["batch_size"], p["lr_min"])
+
+
+def test_load_model_leaves_the_global_rng_alone(root, folder):
+    cfg = tiny(None)
+    run(cfg, root=root, folder=folder, device="cpu")
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    load_model(cfg, root)
+    load_model(cfg.teacher, root)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_bad_metric_options_fail_before_anything_trains(root, folder):
+    with pytest.raises(ValueError, match="beta"):
+        tiny("joint_wasserstein", lam=0.1, metric_options={"beta": -1.0})
+    with pytest.raises(ValueError, match="unknown option"):
+        tiny("wasserstein", lam=0.1, metric_options={"temperature": 2.0})
+    with pytest.raises(ValueError, match="metric_options"):
+        tiny(None, metric_options={"beta": 1.0})
 
 
 def test_cli_train_and_list(root, folder, capsys, monkeypatch):
     from kd2m.__main__ import main
 
     monkeypatch.setenv("KD2M_DATA", str(root))
-    args = ["train", "teacher", "--profile", "cpu", "--folder", str(folder), "--no-progress",
-            "--device", "cpu", "--set", "epochs=1", "--set", "width=4", "--set", "n_train=null",
-            "--set", "n_test=null", "--set", "batch_size=32"]
+    args = [
+        "train",
+        "teacher",
+        "--profile",
+        "cpu",
+        "--folder",
+        str(folder),
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--set",
+        "epochs=1",
+        "--set",
+        "width=4",
+        "--set",
+        "n_train=null",
+        "--set",
+        "n_test=null",
+        "--set",
+        "batch_size=32",
+    ]
     assert main(args) == 0
     assert "test accuracy" in capsys.readouterr().out
     assert main(["list"]) == 0
     assert "cifar10-resnet20-teacher" in capsys.readouterr().out
     assert main(["train", "student", "--metric", "nope", "--folder", str(folder)]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_cli_option_parsing_and_early_errors(root, capsys):
+    from kd2m.__main__ import _overrides, main
+
+    assert _overrides(["beta=2", "label_cost=ce", "diagonal=true", "bandwidth=null"]) == {
+        "beta": 2,
+        "label_cost": "ce",
+        "diagonal": True,
+        "bandwidth": None,
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        _overrides(["beta"])
+    # a bad option is refused by the config, before any data is read or anything trains
+    args = [
+        "train",
+        "student",
+        "--metric",
+        "joint_wasserstein",
+        "--option",
+        "beta=-1",
+        "--folder",
+        str(root / "no-such-folder"),
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "metric_options" in err and "beta" in err
+    assert main(args[:4] + ["--option", "temperature=2"] + args[6:]) == 2
+    assert "temperature" in capsys.readouterr().err
+
+
+def test_cli_column_trains_the_teacher_then_launches_every_student(
+    root, folder, capsys, monkeypatch
+):
+    import subprocess
+
+    from kd2m.__main__ import main
+    from kd2m.metrics import TABLE1_METRICS
+
+    launched = []
+    real_popen = subprocess.Popen
+
+    class FakeProcess:
+        def __init__(self, args, env):
+            launched.append((args, env))
+            self.returncode = 1 if "gaussian_kl" in args else 0
+
+        def wait(self):
+            return self.returncode
+
+    def popen(args, *rest, **kw):  # only the students' `python -m kd2m train` are faked
+        if list(args[1:3]) == ["-m", "kd2m"]:
+            return FakeProcess(args, kw["env"])
+        return real_popen(args, *rest, **kw)
+
+    monkeypatch.setenv("KD2M_DATA", str(root))
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    sets = ["epochs=1", "width=4", "n_train=null", "n_test=null", "batch_size=32"]
+    args = ["column", "--folder", str(folder), "--device", "cpu", "--no-progress"]
+    args += ["--parallel", "2"] + [a for s in sets for a in ("--set", s)]
+    assert main(args) == 1  # one student failed: the command says so
+    assert "cifar10-resnet20-teacher" in capsys.readouterr().out  # trained (or loaded) first
+    roles = [a[a.index("train") + 1] for a, _ in launched]
+    metrics = [a[a.index("--metric") + 1] if "--metric" in a else None for a, _ in launched]
+    assert roles == ["baseline"] + ["student"] * len(TABLE1_METRICS)
+    assert metrics == [None, *TABLE1_METRICS.values()]
+    for a, env in launched:
+        assert a[a.index("--folder") + 1] == str(folder) and a.count("--set") == len(sets)
+        assert int(env["OMP_NUM_THREADS"]) >= 1

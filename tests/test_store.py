@@ -23,8 +23,7 @@ from kd2m.data import load_data
 from kd2m.profiles import student_config, teacher_config
 from kd2m.runs import load_model, load_monitor, load_record, run, run_dir
 
-CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-           "truck"]
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 REPO = Path(kd2m.__file__).resolve().parent.parent
 
 
@@ -57,8 +56,9 @@ SMALL = {"epochs": 2, "batch_size": 32, "width": 4, "n_train": None, "n_test": N
 
 def tiny(metric=None, lam=0.0, **kw):
     teacher = teacher_config("cpu", "cifar10", source="folder", **(SMALL | {"width": 8}))
-    return student_config("cpu", "cifar10", metric, lam=lam, source="folder", teacher=teacher,
-                          **(SMALL | kw))
+    return student_config(
+        "cpu", "cifar10", metric, lam=lam, source="folder", teacher=teacher, **(SMALL | kw)
+    )
 
 
 def _no_training(monkeypatch):
@@ -90,8 +90,16 @@ def test_two_identical_processes_train_once(root, folder):
         print(json.dumps({{"pid": rec["hardware"]["pid"], "teacher": rec["teacher"]}}))
     """)
     env = os.environ | {"PYTHONPATH": str(REPO), "KD2M_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
     got = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
@@ -106,8 +114,18 @@ def test_two_identical_processes_train_once(root, folder):
 def test_column_trains_the_teacher_its_students_use(root, folder, capsys, monkeypatch):
     monkeypatch.setenv("KD2M_DATA", str(root))
     monkeypatch.setenv("PYTHONPATH", str(REPO))
-    args = ["column", "--folder", str(folder), "--metrics", "wasserstein", "--device", "cpu",
-            "--no-progress", "--parallel", "2"]
+    args = [
+        "column",
+        "--folder",
+        str(folder),
+        "--metrics",
+        "wasserstein",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--parallel",
+        "2",
+    ]
     for k, v in (SMALL | {"epochs": 1, "seed": 1}).items():
         args += ["--set", f"{k}={json.dumps(v)}"]
     rc, out, err = _cli(args, capsys)
@@ -132,7 +150,7 @@ def test_corrupt_checkpoint_is_not_resumed(root, folder, tmp_path):
     ckpt = run_dir(cfg, root) / "checkpoint.pt"
     raw = bytearray(ckpt.read_bytes())
     mid = len(raw) // 2
-    raw[mid:mid + 4000] = bytes(4000)
+    raw[mid : mid + 4000] = bytes(4000)
     ckpt.write_bytes(bytes(raw))
     with pytest.warns(UserWarning, match="checkpoint.pt does not match the sha256"):
         rec = run(cfg, root=root, folder=folder, device="cpu")
@@ -163,13 +181,11 @@ def test_garbled_data_cache_is_rebuilt_with_a_warning(tmp_path, folder):
     blob["x_test"][0] = 255 - blob["x_test"][0]
     torch.save(blob, cache)
     with pytest.warns(UserWarning, match="content sha256"):
-        assert torch.equal(load_data("cifar10", root=tmp_path, folder=folder).x_test,
-                           clean.x_test)
+        assert torch.equal(load_data("cifar10", root=tmp_path, folder=folder).x_test, clean.x_test)
     # a truncated cache is rebuilt too
     cache.write_bytes(cache.read_bytes()[:1000])
     with pytest.warns(UserWarning, match=f"{cache}.*unreadable"):
-        assert torch.equal(load_data("cifar10", root=tmp_path, folder=folder).y_test,
-                           clean.y_test)
+        assert torch.equal(load_data("cifar10", root=tmp_path, folder=folder).y_test, clean.y_test)
 
 
 # ------------------------------------------------------------------ case 3: monitors
@@ -235,8 +251,7 @@ def test_record_from_other_data_is_not_returned(root, folder, tmp_path):
 # ------------------------------------------------------------------ case 6: errors name files
 
 
-def test_truncated_record_names_the_file_in_the_api_and_the_cli(root, folder, capsys,
-                                                                  monkeypatch):
+def test_truncated_record_names_the_file_in_the_api_and_the_cli(root, folder, capsys, monkeypatch):
     from kd2m._io import FileError
 
     cfg = tiny(None, epochs=1)
@@ -307,8 +322,18 @@ def test_disk_full_names_the_file(tmp_path, monkeypatch):
 def test_cli_missing_folder_is_one_line(root, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("KD2M_DATA", str(root))
     _no_training(monkeypatch)
-    rc, out, err = _cli(["train", "teacher", "--folder", str(tmp_path / "nonexistent"),
-                         "--device", "cpu", "--no-progress"], capsys)
+    rc, out, err = _cli(
+        [
+            "train",
+            "teacher",
+            "--folder",
+            str(tmp_path / "nonexistent"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "nonexistent" in err and "does not exist" in err
 
@@ -328,26 +353,35 @@ def test_unwritable_store_fails_before_training(root, folder, monkeypatch):
 # ------------------------------------------------------------------ case 8: CLI validation
 
 
-@pytest.mark.parametrize(("extra", "needle"), [
-    (["--set", "source=folder"], "--set source"),
-    (["--set", "dataset=svhn"], "--dataset"),
-    (["--set", "metric=mmd"], "--metric"),
-    (["--set", "lam=1"], "--lam"),
-    (["--set", "teacher=null"], "teacher"),
-    (["--set", "seed=1.5"], "seed=1.5"),
-    (["--set", "epochs=true"], "epochs=True"),
-    (["--set", 'hflip="no"'], "hflip='no'"),
-    (["--set", "nosuch=1"], "nosuch"),
-    (["--option", "nosuch=1"], "nosuch"),
-    (["--option", "beta=-1"], "beta"),
-    (["--device", "meta"], "meta"),
-])
-def test_cli_rejects_bad_values_before_training(extra, needle, root, folder, capsys,
-                                                monkeypatch):
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--set", "source=folder"], "--set source"),
+        (["--set", "dataset=svhn"], "--dataset"),
+        (["--set", "metric=mmd"], "--metric"),
+        (["--set", "lam=1"], "--lam"),
+        (["--set", "teacher=null"], "teacher"),
+        (["--set", "seed=1.5"], "seed=1.5"),
+        (["--set", "epochs=true"], "epochs=True"),
+        (["--set", 'hflip="no"'], "hflip='no'"),
+        (["--set", "nosuch=1"], "nosuch"),
+        (["--option", "nosuch=1"], "nosuch"),
+        (["--option", "beta=-1"], "beta"),
+        (["--device", "meta"], "meta"),
+    ],
+)
+def test_cli_rejects_bad_values_before_training(extra, needle, root, folder, capsys, monkeypatch):
     monkeypatch.setenv("KD2M_DATA", str(root))
     _no_training(monkeypatch)
-    args = ["train", "student", "--metric", "joint_wasserstein", "--folder", str(folder),
-            "--no-progress"]
+    args = [
+        "train",
+        "student",
+        "--metric",
+        "joint_wasserstein",
+        "--folder",
+        str(folder),
+        "--no-progress",
+    ]
     if "--device" not in extra:
         args += ["--device", "cpu"]
     rc, out, err = _cli(args + extra, capsys)
@@ -359,8 +393,7 @@ def test_cli_rejects_bad_values_before_training(extra, needle, root, folder, cap
 def test_cli_cuda_without_gpu(root, folder, capsys, monkeypatch):
     monkeypatch.setenv("KD2M_DATA", str(root))
     _no_training(monkeypatch)
-    rc, out, err = _cli(["train", "teacher", "--folder", str(folder), "--device", "cuda"],
-                        capsys)
+    rc, out, err = _cli(["train", "teacher", "--folder", str(folder), "--device", "cuda"], capsys)
     assert rc == 2 and "no CUDA GPU is available" in err
     assert not (root / "runs").exists()
 
@@ -381,8 +414,8 @@ def test_cli_column_checks_everything_first(root, folder, capsys, monkeypatch):
 
 
 def test_notebook_parameters_are_checked(tmp_path, monkeypatch):
+    from kd2m.book.experiments import data_args
     from kd2m.data import DataNotFoundError
-    from kd2m.experiments import data_args
     from kd2m.profiles import check_parameters
 
     with pytest.raises(ValueError, match="profile='nosuch'"):
@@ -402,9 +435,16 @@ def test_notebook_parameters_are_checked(tmp_path, monkeypatch):
         check_parameters("cpu", device="meta")
     with pytest.raises(ValueError, match="unknown override"):
         check_parameters("cpu", overrides={"epoch": 1})
-    check_parameters("paper", device="cpu", folders={"cifar10": str(tmp_path)},
-                     datasets=["cifar10", "svhn"], rows=["E1", "G3"], metric="wasserstein",
-                     lambdas=[0, 1e-4], seeds=[42])
+    check_parameters(
+        "paper",
+        device="cpu",
+        folders={"cifar10": str(tmp_path)},
+        datasets=["cifar10", "svhn"],
+        rows=["E1", "G3"],
+        metric="wasserstein",
+        lambdas=[0, 1e-4],
+        seeds=[42],
+    )
     assert data_args("cifar10", {"cifar10": str(tmp_path)})["source"] == "folder"
     assert data_args("svhn", {"cifar10": str(tmp_path)})["source"] == "torchvision"
 
@@ -413,8 +453,9 @@ def test_notebook_parameters_are_checked(tmp_path, monkeypatch):
 
 
 def _git(cwd, *args):
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
@@ -448,12 +489,17 @@ def test_git_state_commit_dirty_and_outside_a_checkout(tmp_path, monkeypatch):
 
 def test_run_record_stores_the_git_state(root, folder):
     rec = run(tiny(None, epochs=1).teacher, root=root, folder=folder, device="cpu")
-    expected = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True)
+    expected = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+    )
     if shutil.which("git") is None or expected.returncode != 0:
         assert rec["git"]["commit"] is None and rec["git"]["error"]
     else:
         assert rec["git"]["commit"] == expected.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip() != ""
+        dirty = (
+            subprocess.run(
+                ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True
+            ).stdout.strip()
+            != ""
+        )
         assert rec["git"]["dirty"] is dirty

@@ -1,4 +1,4 @@
-"""Tests for kd2m.theory_book (the Theory chapter's computations), on small synthetic data."""
+"""Tests for kd2m.book.theory_book (the Theory chapter's computations), on small synthetic data."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from kd2m import theory  # noqa: E402
-from kd2m import theory_book as tb  # noqa: E402
+from kd2m.book import theory_book as tb  # noqa: E402
 
 
-def fake_monitor(n: int = 60, d: int = 6, k: int = 3, epochs: int = 3, seed: int = 0,
-                 sorted_labels: bool = True) -> dict:
+def fake_monitor(
+    n: int = 60, d: int = 6, k: int = 3, epochs: int = 3, seed: int = 0, sorted_labels: bool = True
+) -> dict:
     """A monitor as kd2m.runs stores it: float16 student features per epoch (approaching
     the teacher's), float32 teacher features, int64 labels (sorted by class, as an image
     folder gives them), the student's head per epoch."""
@@ -97,8 +98,12 @@ def test_example_gaussians(d):
 
 
 def test_convergence_frame_and_figure():
-    res = {f"d = {d}": theory.sample_w2_convergence(*tb.example_gaussians(d), sizes=(10, 20, 40),
-                                                    repeats=2) for d in (1, 2)}
+    res = {
+        f"d = {d}": theory.sample_w2_convergence(
+            *tb.example_gaussians(d), sizes=(10, 20, 40), repeats=2
+        )
+        for d in (1, 2)
+    }
     df = tb.convergence_frame(res)
     assert len(df) == 6 and {"|error|", "closed form W2", "fitted rate"} <= set(df.columns)
     fig = tb.convergence_figure(res)
@@ -191,8 +196,10 @@ def test_reports_over_epochs():
 
 def test_epoch_frame_extras_and_plot():
     W, b = head()
-    reps = {"baseline": tb.reports_over_epochs(fake_monitor(seed=0), W, b),
-            "wasserstein": tb.reports_over_epochs(fake_monitor(seed=1), W, b)}
+    reps = {
+        "baseline": tb.reports_over_epochs(fake_monitor(seed=0), W, b),
+        "wasserstein": tb.reports_over_epochs(fake_monitor(seed=1), W, b),
+    }
     df = tb.epoch_frame(reps)
     assert list(df.index) == [(s, e) for s in reps for e in (1, 2, 3)]
     assert set(tb.EPOCH_QUANTITIES) <= set(df.columns)
@@ -202,11 +209,13 @@ def test_epoch_frame_extras_and_plot():
     assert row["lip_W1_labelled"] == pytest.approx(r.lipschitz * r.W1_labelled)
     assert row["gap_over_bound"] == pytest.approx(abs(r.risk_gap) / (r.lipschitz * r.W1_labelled))
     assert (df["gap_over_bound"] <= 1).all()
-    zero = tb.report_extras(tb.reports_over_epochs(fake_monitor() | {
-        "epochs": [fake_monitor()["teacher"]]}, W, b)[0])
+    zero = tb.report_extras(
+        tb.reports_over_epochs(fake_monitor() | {"epochs": [fake_monitor()["teacher"]]}, W, b)[0]
+    )
     assert math.isnan(zero["gap_over_bound"]) and zero["abs_risk_gap"] == 0.0
-    records = {s: {"history": [{"test_acc": 0.1 * e, "test_ce": 2.0 - e} for e in (1, 2, 3)]}
-               for s in reps}
+    records = {
+        s: {"history": [{"test_acc": 0.1 * e, "test_ce": 2.0 - e} for e in (1, 2, 3)]} for s in reps
+    }
     with_rec = tb.epoch_frame(reps, records)
     assert with_rec.loc[("wasserstein", 3), "own_test_acc"] == pytest.approx(0.3)
     assert with_rec.loc[("baseline", 1), "own_test_ce"] == 1.0
@@ -250,24 +259,16 @@ def test_summary_frame():
 def test_w2_crosscheck():
     mon = fake_monitor()
     zt = mon["teacher"].double().numpy()
-    logged = [theory.empirical_wasserstein(z.float().numpy(), zt, p=2) ** 2 * (1 + 1e-7)
-              for z in mon["epochs"]]
+    logged = [
+        theory.empirical_wasserstein(z.float().numpy(), zt, p=2) ** 2 * (1 + 1e-7)
+        for z in mon["epochs"]
+    ]
     rec = {"history": [{"epoch": e + 1, "test_feature_w2": w} for e, w in enumerate(logged)]}
     df = tb.w2_crosscheck({"kd": rec}, {"kd": mon})
     assert len(df) == 3 and (df["rel_diff"] < 1e-5).all()
     rec_none = {"history": [{"epoch": 1}]}
     df2 = tb.w2_crosscheck({"b": rec_none}, {"b": mon | {"epochs": mon["epochs"][:1]}})
     assert math.isnan(df2["rel_diff"].iloc[0])
-
-
-def test_student_configs():
-    cfgs = tb.student_configs("cpu", "cifar10", ["wasserstein", "gaussian_wasserstein"],
-                              seed=42, source="folder", overrides={"epochs": 1})
-    assert list(cfgs) == ["baseline", "wasserstein", "gaussian_wasserstein"]
-    assert cfgs["baseline"].metric is None and cfgs["baseline"].lam == 0
-    assert cfgs["wasserstein"].metric == "wasserstein" and cfgs["wasserstein"].lam > 0
-    assert all(c.epochs == 1 and c.source == "folder" for c in cfgs.values())
-    assert len({c.teacher.hash for c in cfgs.values()}) == 1
 
 
 def test_looseness_ladder_holds_and_ends_at_lip_times_coupling_gap():

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ._checks import check_choice, check_features, check_nonnegative, public_metric
 
-__all__ = ["mmd", "hinton_kd"]
+__all__ = ["mmd", "hinton"]
 
 
 def _sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -70,7 +70,7 @@ def mmd(zs, zt, *, kernel: str = "gaussian", bandwidth=None, validate: bool = Tr
 
 
 @public_metric
-def hinton_kd(logits_s, logits_t, *, temperature: float = 4.0, validate: bool = True):
+def hinton(logits_s, logits_t, *, temperature: float = 4.0, validate: bool = True):
     r"""Hinton et al. (2015) distillation loss on logits.
 
     .. math::

@@ -13,7 +13,6 @@ otherwise): ``dW/dz^S_i = 2 (a_i z^S_i - sum_j gamma_ij z^T_j)``.
 from __future__ import annotations
 
 import numpy as np
-import ot
 import torch
 from scipy.optimize import linear_sum_assignment
 
@@ -26,7 +25,7 @@ from ._checks import (
     public_metric,
 )
 
-__all__ = ["wasserstein", "class_conditional_wasserstein", "joint_wasserstein"]
+__all__ = ["wasserstein", "class_wasserstein", "joint_wasserstein"]
 
 _LOG_FLOOR = 1e-12  # probabilities are clamped to this before the log of the "ce" label cost
 
@@ -87,13 +86,15 @@ def wasserstein(zs, zt, *, a=None, b=None, validate: bool = True) -> torch.Tenso
     if a is None and b is None and n == m:
         rows, cols = linear_sum_assignment(C)
         return _plan_cost(zs, zt, rows, cols, np.full(n, 1.0 / n))
+    import ot  # here, not at the top: POT imports scikit-learn, which imports pandas
+
     gamma = ot.emd(_weights(a, n, "a"), _weights(b, m, "b"), C)
     rows, cols = np.nonzero(gamma)
     return _plan_cost(zs, zt, rows, cols, gamma[rows, cols])
 
 
 @public_metric
-def class_conditional_wasserstein(zs, zt, y, *, validate: bool = True) -> torch.Tensor:
+def class_wasserstein(zs, zt, y, *, validate: bool = True) -> torch.Tensor:
     r"""Class-conditional squared Wasserstein distance, eq. (4).
 
     .. math::

@@ -6,9 +6,10 @@ Every formula below is written in terms of the small factor ``A``, never of
 a d x d matrix, when ``n < d`` (the training regime: n = 128, d = 512):
 
 * Bures-Wasserstein (6): ``tr (Sigma_T^1/2 Sigma_S Sigma_T^1/2)^1/2`` is the
-  nuclear norm of ``A_S A_T^T`` (n x n). When n > d the factors are first
-  compressed to d x d by a thin QR (``||A B^T||_* = ||R_A R_B^T||_*``; the
-  ``A_S^T A_T`` of EQUATIONS.md has other singular values in general). The
+  nuclear norm of ``A_S A_T^T`` (n x n), as EQUATIONS.md states. When n > d
+  the factors are first compressed to d x d by a thin QR
+  (``||A B^T||_* = ||R_A R_B^T||_*``; ``A_S^T A_T`` would not do: its
+  singular values differ in general). The
   nuclear norm has its own backward (``U V^T``), free of the
   ``1 / (s_i^2 - s_j^2)`` terms of the SVD's backward.
 * Kullback-Leibler (7) on shrunk covariances ``c A^T A + s I``: Woodbury's
@@ -36,7 +37,7 @@ from ._checks import (
     public_metric,
 )
 
-__all__ = ["gaussian_wasserstein", "gaussian_kl", "class_conditional_gaussian"]
+__all__ = ["gaussian_wasserstein", "gaussian_kl", "class_gaussian"]
 
 KL_OPTIONS = ("shrinkage", "eps")
 
@@ -376,7 +377,7 @@ def gaussian_kl(
 
 
 @public_metric
-def class_conditional_gaussian(
+def class_gaussian(
     zs,
     zt,
     y,
@@ -410,13 +411,13 @@ def class_conditional_gaussian(
     groups = _Groups(y, zs.device)
     (ms, As, cs), (mt, At, ct) = _fit(zs, groups), _fit(zt, groups)
     if divergence == "wasserstein":
-        check_options(options, (), "class_conditional_gaussian(divergence='wasserstein')")
+        check_options(options, (), "class_gaussian(divergence='wasserstein')")
         fn = _bures_diagonal if diagonal else _bures
         return fn(ms, As, mt, At).mean()
-    check_options(options, KL_OPTIONS, "class_conditional_gaussian(divergence='kl')")
+    check_options(options, KL_OPTIONS, "class_gaussian(divergence='kl')")
     shrinkage = _check_shrinkage(options.get("shrinkage", "ledoit-wolf"))
     eps = check_nonnegative(options.get("eps", 1e-6), "eps")
     d = zs.shape[1]
     fallback = tuple(z.var(dim=0, unbiased=False).sum() / d for z in (zs, zt))
-    fn = _kl_diagonal if diagonal else _kl_full
-    return fn(ms, As, cs, mt, At, ct, shrinkage, eps, fallback).mean().to(zs.dtype)
+    kl = _kl_diagonal if diagonal else _kl_full
+    return kl(ms, As, cs, mt, At, ct, shrinkage, eps, fallback).mean().to(zs.dtype)

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import functools
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
 
 from ._checks import check_choice, check_nonnegative, check_options
-from .baselines import hinton_kd, mmd
-from .empirical import class_conditional_wasserstein, joint_wasserstein, wasserstein
+from .baselines import hinton, mmd
+from .empirical import class_wasserstein, joint_wasserstein, wasserstein
 from .gaussian import (
     KL_OPTIONS,
     _check_shrinkage,
-    class_conditional_gaussian,
+    class_gaussian,
     gaussian_kl,
     gaussian_wasserstein,
 )
 
-__all__ = ["METRICS", "TABLE1_METRICS", "Metric", "get_metric"]
+__all__ = ["ALIASES", "METRICS", "TABLE1_METRICS", "Metric", "get_metric"]
 
 METRICS: dict[str, str] = {
     "wasserstein": "(E) exact squared 2-Wasserstein between empirical feature measures, eq. (3)",
@@ -44,16 +49,34 @@ def _check_bool(value, name):
         raise ValueError(f"{name} must be True or False; got {value!r}")
 
 
-# name -> (function, uses labels y, allowed options)
-_SPECS = {
-    "wasserstein": (wasserstein, False, ()),
-    "class_wasserstein": (class_conditional_wasserstein, True, ()),
-    "joint_wasserstein": (joint_wasserstein, True, ("beta", "label_cost")),
-    "gaussian_wasserstein": (gaussian_wasserstein, False, ("diagonal",)),
-    "gaussian_kl": (gaussian_kl, False, ("diagonal",) + KL_OPTIONS),
-    "class_gaussian": (class_conditional_gaussian, True, ("divergence", "diagonal") + KL_OPTIONS),
-    "mmd": (mmd, False, ("kernel", "bandwidth")),
-    "hinton": (hinton_kd, False, ("temperature",)),
+@dataclass(frozen=True)
+class _Spec:
+    """What a registered metric is: its function, whether it reads the labels ``y``, the
+    options it accepts and what the trainer passes as ``zs``/``zt`` (pooled
+    ``"features"`` or ``"logits"``)."""
+
+    fn: Callable[..., torch.Tensor]
+    uses_labels: bool
+    options: tuple[str, ...] = ()
+    inputs: str = "features"
+
+
+_SPECS: dict[str, _Spec] = {
+    "wasserstein": _Spec(wasserstein, False),
+    "class_wasserstein": _Spec(class_wasserstein, True),
+    "joint_wasserstein": _Spec(joint_wasserstein, True, ("beta", "label_cost")),
+    "gaussian_wasserstein": _Spec(gaussian_wasserstein, False, ("diagonal",)),
+    "gaussian_kl": _Spec(gaussian_kl, False, ("diagonal",) + KL_OPTIONS),
+    "class_gaussian": _Spec(class_gaussian, True, ("divergence", "diagonal") + KL_OPTIONS),
+    "mmd": _Spec(mmd, False, ("kernel", "bandwidth")),
+    "hinton": _Spec(hinton, False, ("temperature",), inputs="logits"),
+}
+
+#: Former names, accepted by :func:`get_metric` with a DeprecationWarning.
+ALIASES: dict[str, str] = {
+    "class_conditional_wasserstein": "class_wasserstein",
+    "class_conditional_gaussian": "class_gaussian",
+    "hinton_kd": "hinton",
 }
 
 _VALIDATORS = {
@@ -70,29 +93,43 @@ _VALIDATORS = {
 
 
 class Metric:
-    """A configured metric: ``fn(zs, zt, y=None, **extra)`` -> 0-dim tensor.
+    """A configured metric: ``metric(zs, zt, y=None, *, ps=None, validate=True)`` -> 0-dim
+    tensor.
 
-    ``name`` is the registry name, ``inputs`` is ``"features"`` (pooled
-    features of student and teacher) or ``"logits"`` (``hinton``: the trainer
-    passes the logits in place of the features). ``y`` is ignored by the
-    metrics that do not use labels. ``extra`` keywords are forwarded (e.g.
-    ``ps=softmax(student logits)`` for ``joint_wasserstein`` with
-    ``label_cost="ce"``).
+    It declares what the trainer must give it:
+
+    * ``inputs``: ``"features"`` (pooled features of student and teacher, the student's
+      projected) or ``"logits"`` (``hinton``: the logits in place of the features);
+    * ``uses_labels``: whether ``y`` is read (it is ignored otherwise);
+    * ``needs_student_probs``: whether ``ps``, the student's predicted probabilities
+      (softmax of its logits, n x K), is required (``joint_wasserstein`` with
+      ``label_cost="ce"``, the JDOT label cost); it is refused otherwise;
+    * ``validate=False`` skips the finiteness checks (no host synchronisation: the trainer
+      checks each epoch's loss instead).
     """
 
     def __init__(self, name: str, options: dict):
+        spec = _SPECS[name]
         self.name = name
-        self._fn, self.uses_labels, _ = _SPECS[name]
-        self.inputs = "logits" if name == "hinton" else "features"
         self.options = dict(options)
-        self._call = functools.partial(self._fn, **self.options)
+        self.inputs = spec.inputs
+        self.uses_labels = spec.uses_labels
+        self.needs_student_probs = name == "joint_wasserstein" and options.get("label_cost") == "ce"
+        self._call = functools.partial(spec.fn, **self.options)
 
-    def __call__(self, zs, zt, y=None, **extra):
+    def __call__(self, zs, zt, y=None, *, ps=None, validate: bool = True) -> torch.Tensor:
+        kwargs: dict = {"validate": validate}
+        if self.needs_student_probs:
+            if ps is None:
+                raise ValueError(f"{self!r} needs ps, the student's probabilities (n, K)")
+            kwargs["ps"] = ps
+        elif ps is not None:
+            raise ValueError(f"{self!r} takes no ps (only label_cost='ce' does)")
         if self.uses_labels:
             if y is None:
                 raise ValueError(f"metric {self.name!r} needs labels y; got y=None")
-            return self._call(zs, zt, y, **extra)
-        return self._call(zs, zt, **extra)
+            return self._call(zs, zt, y, **kwargs)
+        return self._call(zs, zt, **kwargs)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
@@ -103,11 +140,19 @@ def get_metric(name: str, **options) -> Metric:
     """Return the registered metric ``name`` configured with ``options``.
 
     Unknown names and options raise ValueError (listing what is known);
-    option values are validated here, before any training step.
+    option values are validated here, before any training step. A former name
+    (:data:`ALIASES`) warns and returns the metric under its registered name.
     """
+    if name in ALIASES:
+        warnings.warn(
+            f"metric {name!r} is deprecated: use {ALIASES[name]!r}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        name = ALIASES[name]
     if name not in _SPECS:
         raise ValueError(f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}")
-    check_options(options, _SPECS[name][2], f"metric {name!r}")
+    check_options(options, _SPECS[name].options, f"metric {name!r}")
     for key, value in options.items():
         _VALIDATORS[key](value)
     if name == "class_gaussian" and options.get("divergence", "wasserstein") == "wasserstein":

@@ -5,8 +5,10 @@ module; every number and figure it shows is computed here, on synthetic features
 distributions are known, so that each metric of :mod:`kd2m.metrics` can be checked against
 
 * an independent reference implementation (POT's :mod:`ot.gaussian` and :func:`ot.emd2`,
-  SciPy's :func:`scipy.linalg.sqrtm`, NumPy closed forms, written here from the formulas of
-  the repository's notes on the mathematics, ``EQUATIONS.md``);
+  SciPy's :func:`scipy.linalg.sqrtm`, NumPy closed forms, from the formulas of the
+  repository's notes on the mathematics, ``EQUATIONS.md``): the exact W_2^2 and the
+  Bures-Wasserstein closed form of :mod:`kd2m.theory` (float64 NumPy, no code shared with
+  :mod:`kd2m.metrics`), the Gaussian KL written here;
 * the population value, when the metric is computed on samples of two known Gaussians.
 
 Equation numbers (3)-(7) are those of the paper, restored in ``EQUATIONS.md``. All studies
@@ -35,11 +37,12 @@ import numpy as np
 import torch
 
 from kd2m import metrics as M
+from kd2m import theory
+from kd2m.train import resolve_device
 
 __all__ = [
     "Claim",
     "GaussianPair",
-    "bures_wasserstein_reference",
     "class_conditional_claims",
     "baseline_claims",
     "claims_table",
@@ -128,14 +131,9 @@ def table(rows: list[dict]):
 
 
 def _device(device) -> torch.device:
-    """``"auto"`` (CUDA if available, else the CPU) or any ``torch.device`` spelling.
-
-    Not :func:`kd2m.train.resolve_device`: "auto" must never pick Apple's MPS, which has no
-    float64, and importing the trainer (and its progress bars) is not needed here.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``"auto"`` (CUDA if available, else the CPU: never Apple's MPS, which has no float64)
+    or any ``torch.device`` spelling."""
+    return resolve_device(device, allow_mps=False)
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -173,7 +171,7 @@ class GaussianPair:
 
     def wasserstein(self) -> float:
         """The population W_2^2 between the two Gaussians (eq. (6), reference implementation)."""
-        return bures_wasserstein_reference(self.m_s, self.C_s, self.m_t, self.C_t)
+        return theory.gaussian_w2_squared(self.m_s, self.C_s, self.m_t, self.C_t)
 
     def kl(self) -> float:
         """The population KL(N_s || N_t) (eq. (7), reference implementation)."""
@@ -236,11 +234,7 @@ def labelled_batch(
 
 
 def _np(x) -> np.ndarray:
-    return (
-        x.detach().cpu().numpy().astype(np.float64)
-        if isinstance(x, torch.Tensor)
-        else np.asarray(x, dtype=np.float64)
-    )
+    return theory.to_float64(x)
 
 
 def ml_gaussian(z) -> tuple[np.ndarray, np.ndarray]:
@@ -249,38 +243,6 @@ def ml_gaussian(z) -> tuple[np.ndarray, np.ndarray]:
     m = z.mean(axis=0)
     zc = z - m
     return m, zc.T @ zc / z.shape[0]
-
-
-def _psd_sqrt(c: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((c + c.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-
-
-def bures_wasserstein_reference(m_s, C_s, m_t, C_t, *, method: str = "scipy") -> float:
-    """Squared W_2 between N(m_s, C_s) and N(m_t, C_t), eq. (6), by a reference route.
-
-    ``||m_s - m_t||^2 + tr(C_s + C_t - 2 (C_t^{1/2} C_s C_t^{1/2})^{1/2})`` with the matrix
-    square roots of ``method``: ``"scipy"`` (:func:`scipy.linalg.sqrtm`, Schur method; for
-    full-rank covariances), ``"eigh"`` (symmetric eigendecomposition, clipped at 0; also for
-    rank-deficient ones) or ``"pot"`` (:func:`ot.gaussian.bures_wasserstein_distance`,
-    squared).
-    """
-    m_s, C_s, m_t, C_t = (_np(x) for x in (m_s, C_s, m_t, C_t))
-    if method == "pot":
-        import ot
-
-        return float(ot.gaussian.bures_wasserstein_distance(m_s, m_t, C_s, C_t)) ** 2
-    if method == "scipy":
-        from scipy.linalg import sqrtm
-
-        rt = np.real(sqrtm(C_t))
-        cross = np.real(sqrtm(rt @ C_s @ rt))
-    elif method == "eigh":
-        rt = _psd_sqrt(C_t)
-        cross = _psd_sqrt(rt @ C_s @ rt)
-    else:
-        raise ValueError(f"method={method!r}: expected 'scipy', 'eigh' or 'pot'")
-    return float(np.sum((m_s - m_t) ** 2) + np.trace(C_s + C_t - 2 * cross))
 
 
 def gaussian_kl_reference(m_s, C_s, m_t, C_t) -> float:
@@ -306,14 +268,9 @@ def gaussian_kl_reference(m_s, C_s, m_t, C_t) -> float:
 
 
 def _emd2_reference(zs, zt) -> float:
-    """Exact W_2^2 between uniform empirical measures, eq. (3), by :func:`ot.emd2`."""
-    import ot
-
-    a, b = _np(zs), _np(zt)
-    cost = ot.dist(a, b, metric="sqeuclidean")
-    return float(
-        ot.emd2(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), cost, numItermax=10**7)
-    )
+    """Exact W_2^2 between uniform empirical measures, eq. (3), by POT's ``ot.emd2``
+    (:func:`kd2m.theory.empirical_wasserstein`, squared)."""
+    return theory.empirical_wasserstein(zs, zt, p=2) ** 2
 
 
 def _value(t) -> float:
@@ -394,7 +351,7 @@ def closed_form_claims(d: int, seed: int, *, rtol: float = 1e-6, device="cpu") -
     )
     k = max(2, d // 2)
     g1_low = _value(M.gaussian_wasserstein(zs[:k], zt[:k]))
-    low_ref = bures_wasserstein_reference(*ml_gaussian(zs[:k]), *ml_gaussian(zt[:k]), method="eigh")
+    low_ref = theory.gaussian_w2_squared(*ml_gaussian(zs[:k]), *ml_gaussian(zt[:k]), method="eigh")
     kl = _value(M.gaussian_kl(zs, zt, shrinkage=None, eps=0.0))
     kl_diag = _value(M.gaussian_kl(zs, zt, diagonal=True, shrinkage=None, eps=0.0))
     kl_diag_ref = gaussian_kl_reference(m_s, np.diag(np.diag(C_s)), m_t, np.diag(np.diag(C_t)))
@@ -404,13 +361,13 @@ def closed_form_claims(d: int, seed: int, *, rtol: float = 1e-6, device="cpu") -
         _claim_close(
             "gaussian_wasserstein (eq. 6) matches POT ot.gaussian",
             g1,
-            bures_wasserstein_reference(m_s, C_s, m_t, C_t, method="pot"),
+            theory.gaussian_w2_squared(m_s, C_s, m_t, C_t, method="pot"),
             rtol,
         ),
         _claim_close(
             "gaussian_wasserstein (eq. 6) matches scipy sqrtm",
             g1,
-            bures_wasserstein_reference(m_s, C_s, m_t, C_t, method="scipy"),
+            theory.gaussian_w2_squared(m_s, C_s, m_t, C_t, method="scipy"),
             rtol,
         ),
         _claim_close(
@@ -452,7 +409,7 @@ def baseline_claims(
 ) -> list[Claim]:
     """MMD and Hinton's KD, the two baselines outside Table 1, against their definitions.
 
-    ``hinton_kd`` against ``T^2 * mean_i KL(softmax(t_i / T) || softmax(s_i / T))`` in NumPy
+    ``hinton`` against ``T^2 * mean_i KL(softmax(t_i / T) || softmax(s_i / T))`` in NumPy
     (teacher first); ``mmd`` is 0 on identical batches and positive on different ones.
     """
     from scipy.special import log_softmax
@@ -460,10 +417,10 @@ def baseline_claims(
     ls, lt = _np(zs @ head) / temperature, _np(zt @ head) / temperature
     log_ps, log_pt = log_softmax(ls, axis=1), log_softmax(lt, axis=1)
     ref = float(temperature**2 * np.mean(np.sum(np.exp(log_pt) * (log_pt - log_ps), axis=1)))
-    hinton = _value(M.hinton_kd(zs @ head, zt @ head, temperature=temperature))
+    value = _value(M.hinton(zs @ head, zt @ head, temperature=temperature))
     return [
         _claim_close(
-            "hinton_kd matches T^2 KL(teacher || student) on softened logits", hinton, ref, rtol
+            "hinton_kd matches T^2 KL(teacher || student) on softened logits", value, ref, rtol
         ),
         Claim(
             "mmd of a batch with itself is 0 and mmd(zs, zt) > 0",
@@ -477,18 +434,18 @@ def class_conditional_claims(
 ) -> list[Claim]:
     """The class-conditional metrics are the *average* over the classes present (eq. (4)).
 
-    Checks :func:`kd2m.metrics.class_conditional_wasserstein` against the mean of
-    :func:`ot.emd2` per class, and :func:`kd2m.metrics.class_conditional_gaussian` against the
+    Checks :func:`kd2m.metrics.class_wasserstein` against the mean of
+    :func:`ot.emd2` per class, and :func:`kd2m.metrics.class_gaussian` against the
     mean of the per-class references (eq. (6) by SciPy, eq. (7) by NumPy, on ML fits).
     """
     classes = torch.unique(y).tolist()
-    e2 = _value(M.class_conditional_wasserstein(zs, zt, y))
+    e2 = _value(M.class_wasserstein(zs, zt, y))
     e2_ref = float(np.mean([_emd2_reference(zs[y == c], zt[y == c]) for c in classes]))
-    g3 = _value(M.class_conditional_gaussian(zs, zt, y, divergence="wasserstein"))
+    g3 = _value(M.class_gaussian(zs, zt, y, divergence="wasserstein"))
     g3_ref = float(
         np.mean(
             [
-                bures_wasserstein_reference(
+                theory.gaussian_w2_squared(
                     *ml_gaussian(zs[y == c]), *ml_gaussian(zt[y == c]), method="eigh"
                 )
                 for c in classes
@@ -506,12 +463,6 @@ def class_conditional_claims(
 # ----------------------------------------------------------------------------------------------
 # 3. Convergence of the empirical W_2^2 with the batch size
 # ----------------------------------------------------------------------------------------------
-
-
-def _fit_rate(sizes: np.ndarray, errors: np.ndarray) -> tuple[float, float]:
-    """Least-squares slope and intercept of log(error) against log(n)."""
-    slope, intercept = np.polyfit(np.log(sizes), np.log(errors), 1)
-    return float(slope), float(intercept)
 
 
 def convergence_study(d: int, n_max: int, repeats: int, seed: int, *, n_min: int = 16) -> dict:
@@ -540,12 +491,12 @@ def convergence_study(d: int, n_max: int, repeats: int, seed: int, *, n_min: int
         "empirical W2^2 (eq. 3)": M.wasserstein,
         "Gaussian plug-in W2^2 (eq. 6)": M.gaussian_wasserstein,
     }
-    values = {name: np.zeros((repeats, len(sizes))) for name in estimators}
-    for j, n in enumerate(sizes):
-        for r in range(repeats):
-            zs, zt = pair.sample(int(n), gen)
-            for name, fn in estimators.items():
-                values[name][r, j] = _value(fn(zs, zt))
+    values = theory.estimates_over_sizes(
+        [int(n) for n in sizes],
+        repeats,
+        lambda n: pair.sample(n, gen),
+        {name: (lambda zs, zt, fn=fn: _value(fn(zs, zt))) for name, fn in estimators.items()},
+    )
     result = {
         "d": d,
         "sizes": sizes,
@@ -559,7 +510,7 @@ def convergence_study(d: int, n_max: int, repeats: int, seed: int, *, n_min: int
     for name, v in values.items():
         err = np.abs(v - truth).mean(axis=0)
         result["mean_abs_error"][name] = err
-        result["rate"][name], result["intercept"][name] = _fit_rate(sizes, err)
+        result["rate"][name], result["intercept"][name] = theory.fit_rate(sizes, err)
     return result
 
 
@@ -732,7 +683,7 @@ def joint_beta_study(
     of :func:`kd2m.metrics.joint_wasserstein`.
     """
     w = _value(M.wasserstein(zs, zt))
-    e2 = _value(M.class_conditional_wasserstein(zs, zt, y))
+    e2 = _value(M.class_wasserstein(zs, zt, y))
     classes, counts = torch.unique(y, return_counts=True)
     per_class = np.array([_value(M.wasserstein(zs[y == c], zt[y == c])) for c in classes])
     weighted = float(np.sum(per_class * counts.cpu().numpy() / counts.sum().item()))

@@ -10,19 +10,17 @@ import csv
 import math
 import statistics
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
-__all__ = ["paper_table1", "table1", "lambda_sweep_figure", "embedding_figure",
-           "load_results", "DATASET_COLUMNS"]
+__all__ = ["paper_table1", "table1", "lambda_sweep_figure", "embedding_figure", "DATASET_COLUMNS"]
 
 DATASET_COLUMNS = {"svhn": "SVHN", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 
 def paper_table1():
     """The paper's Table 1 (test accuracy %, 15 epochs), as a DataFrame indexed by row
-    (``student``, ``teacher``, ``E1``..``G3``) with columns SVHN, CIFAR-10, CIFAR-100, Avg."""
+    (``baseline``, ``teacher``, ``E1``..``G3``) with columns SVHN, CIFAR-10, CIFAR-100, Avg."""
     import pandas as pd
 
     text = resources.files("kd2m").joinpath("resources/paper_table1.csv").read_text()
@@ -46,7 +44,7 @@ def _fmt(m: float, s: float) -> str:
 def table1(records: dict[str, dict[str, list[dict]]], *, with_paper: bool = True):
     """Table 1 from records: ``records[row][dataset] = [record, ...]`` (one per seed).
 
-    ``row`` is ``teacher``, ``student`` (the baseline) or a Table 1 row id ``E1``..``G3``.
+    ``row`` is ``teacher``, ``baseline`` (the student alone) or a Table 1 row id ``E1``..``G3``.
     Returns a DataFrame with, per dataset, our ``mean ± std`` test accuracy in % over the
     records given (std over seeds; a single seed shows the mean alone) and, when
     ``with_paper``, the paper's number beside it, plus the metric of each row and the
@@ -59,8 +57,10 @@ def table1(records: dict[str, dict[str, list[dict]]], *, with_paper: bool = True
     paper = paper_table1()
     out = []
     for row, per_ds in records.items():
-        line = {"row": row, "metric": TABLE1_METRICS.get(row, "-" if row != "student"
-                                                       else "none (lambda = 0)")}
+        line = {
+            "row": row,
+            "metric": TABLE1_METRICS.get(row, "-" if row != "baseline" else "none (lambda = 0)"),
+        }
         for ds, recs in per_ds.items():
             col = DATASET_COLUMNS.get(ds, ds)
             accs = [100 * r["final"]["test_acc"] for r in recs]
@@ -95,8 +95,9 @@ def lambda_sweep_figure(records: dict[float, dict], *, metric: str, dataset: str
         d = [r["train_distill"] for r in h]
         if all(v is not None for v in d):
             axes[1].plot(ep, d, marker="o", ms=3, color=color, label=label)
-        axes[2].plot(ep, [100 * r["test_acc"] for r in h], marker="o", ms=3, color=color,
-                     label=label)
+        axes[2].plot(
+            ep, [100 * r["test_acc"] for r in h], marker="o", ms=3, color=color, label=label
+        )
     axes[0].set(title="classification loss (train CE)", xlabel="epoch")
     axes[1].set(title=f"distillation loss D ({metric}, train)", xlabel="epoch", yscale="log")
     axes[2].set(title="test accuracy (%)", xlabel="epoch")
@@ -105,8 +106,13 @@ def lambda_sweep_figure(records: dict[float, dict], *, metric: str, dataset: str
     return fig
 
 
-def embedding_figure(panels: dict[str, tuple[np.ndarray, np.ndarray]], *, seed: int = 0,
-                     n_neighbors: int = 15, min_dist: float = 0.1):
+def embedding_figure(
+    panels: dict[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    seed: int = 0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+):
     """Fig. 3: a 2-D UMAP embedding of teacher (red) and student (blue) test features.
 
     ``panels[title] = (teacher_features, student_features)`` (same images, same dimension).
@@ -121,23 +127,18 @@ def embedding_figure(panels: dict[str, tuple[np.ndarray, np.ndarray]], *, seed: 
         warnings.simplefilter("ignore", TqdmWarning)
         import umap
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8),
-                             constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.2 * len(panels), 4.8), constrained_layout=True, squeeze=False
+    )
     for ax, (title, (zt, zs)) in zip(axes[0], panels.items(), strict=True):
         zt = np.asarray(zt, dtype=np.float32)
         zs = np.asarray(zs, dtype=np.float32)
-        emb = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed,
-                        n_jobs=1).fit_transform(np.concatenate([zt, zs]))
+        emb = umap.UMAP(
+            n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1
+        ).fit_transform(np.concatenate([zt, zs]))
         n = len(zt)
         ax.scatter(emb[:n, 0], emb[:n, 1], s=3, c="tab:red", alpha=0.5, label="teacher")
         ax.scatter(emb[n:, 0], emb[n:, 1], s=3, c="tab:blue", alpha=0.5, label="student")
         ax.set(title=title, xticks=[], yticks=[])
         ax.legend(markerscale=4, loc="best", fontsize=8)
     return fig
-
-
-def load_results(folder: str | Path) -> list[dict]:
-    """Every JSON record in ``folder`` (e.g. ``data/results/<column>/``), sorted by name."""
-    from kd2m.runs import load_record
-
-    return sorted((load_record(p) for p in Path(folder).glob("*.json")), key=lambda r: r["name"])

@@ -28,9 +28,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.special import logsumexp
 
 from kd2m import theory
+from kd2m.data import stratified_counts
 
 __all__ = [
     "EPOCH_QUANTITIES",
@@ -50,7 +50,6 @@ __all__ = [
     "realised_lipschitz",
     "report_extras",
     "reports_over_epochs",
-    "student_configs",
     "summary_frame",
     "sweep_figure",
     "swapped_labels_example",
@@ -61,33 +60,22 @@ __all__ = [
     "w2_crosscheck",
 ]
 
-EPOCH_QUANTITIES = ("W1", "W1_labelled", "coupling_gap", "max_gap", "abs_risk_gap",
-                    "lip_W1_labelled")
+EPOCH_QUANTITIES = (
+    "W1",
+    "W1_labelled",
+    "coupling_gap",
+    "max_gap",
+    "abs_risk_gap",
+    "lip_W1_labelled",
+)
 """Columns of :func:`epoch_frame` drawn by :func:`plot_bounds_over_epochs`."""
 
 
 # --------------------------------------------------------------------------- #
 # Small helpers on a fixed linear head
 # --------------------------------------------------------------------------- #
-def _f64(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def per_sample_ce(z: Any, y: Any, weight: Any, bias: Any = None) -> np.ndarray:
-    """``CE(W z_i + b, y_i) = logsumexp(W z_i + b) - (W z_i + b)_{y_i}`` for each row (float64).
-
-    The mean is :func:`kd2m.theory.risk` (natural log).
-    """
-    z, w = _f64(z), _f64(weight)
-    y = np.asarray(_f64(y), dtype=np.int64)
-    b = np.zeros(w.shape[0]) if bias is None else _f64(bias)
-    if z.ndim != 2 or w.ndim != 2 or z.shape[1] != w.shape[1] or y.shape != (z.shape[0],):
-        raise ValueError(f"expected z (n, d), y (n,), weight (K, d); got z {z.shape}, "
-                         f"y {y.shape}, weight {w.shape}")
-    logits = z @ w.T + b
-    return logsumexp(logits, axis=1) - logits[np.arange(z.shape[0]), y]
+_f64 = theory.to_float64
+per_sample_ce = theory.per_sample_ce  # re-exported: the chapter's helpers read it here
 
 
 def head_accuracy(z: Any, y: Any, weight: Any, bias: Any = None) -> float:
@@ -122,8 +110,9 @@ def realised_lipschitz(zs: Any, zt: Any, y: Any, weight: Any, bias: Any = None) 
     return float(np.max(diff[ok] / d[ok])) if np.any(ok) else 0.0
 
 
-def looseness_ladder(zs: Any, zt: Any, y: Any, weight: Any, bias: Any = None
-                     ) -> list[theory.Inequality]:
+def looseness_ladder(
+    zs: Any, zt: Any, y: Any, weight: Any, bias: Any = None
+) -> list[theory.Inequality]:
     """Where the per-sample bound ``|R_S - R_T| <= Lip * coupling_gap`` loses, rung by rung.
 
     With ``D_i = CE(h(zs_i), y_i) - CE(h(zt_i), y_i)``, ``Delta_i = zs_i - zt_i`` and
@@ -151,23 +140,40 @@ def looseness_ladder(zs: Any, zt: Any, y: Any, weight: Any, bias: Any = None
     wc = w - w.mean(axis=0, keepdims=True)
     delta = zs - zt
     s2 = math.sqrt(2.0)
-    values = [abs(float(np.mean(d_ce))), float(np.mean(np.abs(d_ce))),
-              s2 * float(np.mean(np.linalg.norm(delta @ wc.T, axis=1))),
-              centred_lipschitz(w) * float(np.mean(np.linalg.norm(delta, axis=1))),
-              theory.lipschitz_ce_linear(w) * float(np.mean(np.linalg.norm(delta, axis=1)))]
-    names = [("|R_S - R_T| <= mean |CE_S,i - CE_T,i|", "cancellation between images"),
-             ("mean |dCE_i| <= sqrt2 mean ||W_c (zs_i - zt_i)||",
-              "loss gradient p - e_y small or not aligned with the logit displacement"),
-             ("sqrt2 mean ||W_c d_i|| <= sqrt2 ||W_c||_2 mean ||d_i||",
-              "feature displacements not along the head's top singular vector"),
-             ("sqrt2 ||W_c||_2 gap <= sqrt2 ||W||_2 gap (= Lip * coupling_gap)",
-              "centring the head")]
-    return [theory.Inequality(n, lhs, rhs, theory.DEFAULT_RTOL * max(abs(lhs), abs(rhs)), why)
-            for (n, why), lhs, rhs in zip(names, values[:-1], values[1:], strict=True)]
+    values = [
+        abs(float(np.mean(d_ce))),
+        float(np.mean(np.abs(d_ce))),
+        s2 * float(np.mean(np.linalg.norm(delta @ wc.T, axis=1))),
+        centred_lipschitz(w) * float(np.mean(np.linalg.norm(delta, axis=1))),
+        theory.lipschitz_ce_linear(w) * float(np.mean(np.linalg.norm(delta, axis=1))),
+    ]
+    names = [
+        ("|R_S - R_T| <= mean |CE_S,i - CE_T,i|", "cancellation between images"),
+        (
+            "mean |dCE_i| <= sqrt2 mean ||W_c (zs_i - zt_i)||",
+            "loss gradient p - e_y small or not aligned with the logit displacement",
+        ),
+        (
+            "sqrt2 mean ||W_c d_i|| <= sqrt2 ||W_c||_2 mean ||d_i||",
+            "feature displacements not along the head's top singular vector",
+        ),
+        ("sqrt2 ||W_c||_2 gap <= sqrt2 ||W||_2 gap (= Lip * coupling_gap)", "centring the head"),
+    ]
+    return [
+        theory.Inequality(n, lhs, rhs, theory.DEFAULT_RTOL * max(abs(lhs), abs(rhs)), why)
+        for (n, why), lhs, rhs in zip(names, values[:-1], values[1:], strict=True)
+    ]
 
 
-def looseness_frame(monitors: Mapping[str, Mapping], weight: Any, bias: Any = None, *,
-                    n_points: int | None = None, seed: int = 0, epoch: int = -1):
+def looseness_frame(
+    monitors: Mapping[str, Mapping],
+    weight: Any,
+    bias: Any = None,
+    *,
+    n_points: int | None = None,
+    seed: int = 0,
+    epoch: int = -1,
+):
     """:func:`looseness_ladder` of each student at ``epoch`` as a DataFrame indexed by
     ``(student, rung)`` with ``lhs, rhs, ratio, holds``."""
     import pandas as pd
@@ -177,9 +183,17 @@ def looseness_frame(monitors: Mapping[str, Mapping], weight: Any, bias: Any = No
         epochs, zt, y = monitor_arrays(mon, n_points, seed=seed)
         for ineq in looseness_ladder(epochs[epoch], zt, y, weight, bias):
             r = ineq.row()
-            rows.append({"student": student, "rung": r["name"], "lhs": r["lhs"],
-                         "rhs": r["rhs"], "ratio": r["ratio"], "holds": r["holds"],
-                         "what it costs": ineq.statement})
+            rows.append(
+                {
+                    "student": student,
+                    "rung": r["name"],
+                    "lhs": r["lhs"],
+                    "rhs": r["rhs"],
+                    "ratio": r["ratio"],
+                    "holds": r["holds"],
+                    "what it costs": ineq.statement,
+                }
+            )
     return pd.DataFrame(rows).set_index(["student", "rung"])
 
 
@@ -215,8 +229,17 @@ def convergence_frame(results: Mapping[Any, theory.W2Convergence]):
     rows = []
     for label, c in results.items():
         for n, m, s, e in zip(c.sizes, c.mean, c.std, c.abs_error, strict=True):
-            rows.append({"case": label, "n": n, "empirical W2 (mean)": m, "std": s,
-                         "closed form W2": c.closed_form, "|error|": e, "fitted rate": c.slope})
+            rows.append(
+                {
+                    "case": label,
+                    "n": n,
+                    "empirical W2 (mean)": m,
+                    "std": s,
+                    "closed form W2": c.closed_form,
+                    "|error|": e,
+                    "fitted rate": c.slope,
+                }
+            )
     return pd.DataFrame(rows).set_index(["case", "n"])
 
 
@@ -232,19 +255,38 @@ def convergence_figure(results: Mapping[Any, theory.W2Convergence]):
         color = f"C{i}"
         n = np.asarray(c.sizes, float)
         m, s = np.asarray(c.mean), np.asarray(c.std)
-        axes[0].errorbar(n, m, yerr=s, marker="o", ms=4, capsize=3, color=color,
-                         label=f"{label}: empirical")
-        axes[0].axhline(c.closed_form, color=color, ls="--", lw=1,
-                        label=f"{label}: closed form {c.closed_form:.3f}")
+        axes[0].errorbar(
+            n, m, yerr=s, marker="o", ms=4, capsize=3, color=color, label=f"{label}: empirical"
+        )
+        axes[0].axhline(
+            c.closed_form,
+            color=color,
+            ls="--",
+            lw=1,
+            label=f"{label}: closed form {c.closed_form:.3f}",
+        )
         axes[1].loglog(n, c.abs_error, "o", color=color, label=f"{label}: |error|")
         if math.isfinite(c.slope):
             grid = np.geomspace(n.min(), n.max(), 50)
-            axes[1].loglog(grid, np.exp(c.intercept) * grid ** c.slope, "-", color=color,
-                           lw=1, label=f"{label}: fit n^{c.slope:.2f}")
-    axes[0].set(xscale="log", xlabel="n (samples per Gaussian)", ylabel="W2 (not squared)",
-                title="empirical W2 vs closed form (eq. 6)")
-    axes[1].set(xlabel="n (samples per Gaussian)", ylabel="mean |W2_n - W2|",
-                title="estimation error, log-log")
+            axes[1].loglog(
+                grid,
+                np.exp(c.intercept) * grid**c.slope,
+                "-",
+                color=color,
+                lw=1,
+                label=f"{label}: fit n^{c.slope:.2f}",
+            )
+    axes[0].set(
+        xscale="log",
+        xlabel="n (samples per Gaussian)",
+        ylabel="W2 (not squared)",
+        title="empirical W2 vs closed form (eq. 6)",
+    )
+    axes[1].set(
+        xlabel="n (samples per Gaussian)",
+        ylabel="mean |W2_n - W2|",
+        title="estimation error, log-log",
+    )
     sizes = sorted({int(n) for c in results.values() for n in c.sizes})
     for ax in axes:
         ax.set_xticks(sizes, [str(n) for n in sizes])
@@ -253,8 +295,9 @@ def convergence_figure(results: Mapping[Any, theory.W2Convergence]):
     return fig
 
 
-def synthetic_features(n: int = 300, d: int = 8, n_classes: int = 3, eps: float = 0.3,
-                       seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_features(
+    n: int = 300, d: int = 8, n_classes: int = 3, eps: float = 0.3, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Teacher features ``zt``: a Gaussian cluster per class (unit-norm means times 3, unit
     noise); student features ``zs = zt + eps * (A zt + xi)`` with a random matrix ``A``
     (entries ``N(0, 1/d)``) and standard noise ``xi`` (a student that is a perturbed copy of
@@ -265,8 +308,9 @@ def synthetic_features(n: int = 300, d: int = 8, n_classes: int = 3, eps: float 
     sweep over ``eps`` moves the student alone.
     """
     if n < 1 or d < 1 or n_classes < 1 or eps < 0:
-        raise ValueError(f"need n, d, n_classes >= 1 and eps >= 0; got {n}, {d}, "
-                         f"{n_classes}, {eps}")
+        raise ValueError(
+            f"need n, d, n_classes >= 1 and eps >= 0; got {n}, {d}, {n_classes}, {eps}"
+        )
     rng = np.random.default_rng(seed)
     means = rng.standard_normal((n_classes, d))
     means *= 3.0 / np.linalg.norm(means, axis=1, keepdims=True)
@@ -299,13 +343,19 @@ def sweep_figure(reports: Mapping[float, theory.BoundReport]):
     rep = [reports[e] for e in eps]
     fig, ax = plt.subplots(figsize=(5.6, 3.8), constrained_layout=True)
     ax.loglog(eps, [abs(r.risk_gap) for r in rep], "o-", color="black", label="|R_S - R_T|")
-    for key, label, c in (("W1_labelled", "Lip · W1_labelled", "C0"),
-                          ("coupling_gap", "Lip · mean ||zS - zT||", "C1"),
-                          ("max_gap", "Lip · max ||zS - zT||", "C2")):
-        ax.loglog(eps, [r.lipschitz * getattr(r, key) for r in rep], "s--", color=c, ms=4,
-                  label=label)
-    ax.set(xlabel="student perturbation eps", ylabel="risk gap / bound",
-           title="synthetic student -> teacher")
+    for key, label, c in (
+        ("W1_labelled", "Lip · W1_labelled", "C0"),
+        ("coupling_gap", "Lip · mean ||zS - zT||", "C1"),
+        ("max_gap", "Lip · max ||zS - zT||", "C2"),
+    ):
+        ax.loglog(
+            eps, [r.lipschitz * getattr(r, key) for r in rep], "s--", color=c, ms=4, label=label
+        )
+    ax.set(
+        xlabel="student perturbation eps",
+        ylabel="risk gap / bound",
+        title="synthetic student -> teacher",
+    )
     ax.legend(fontsize=8)
     return fig
 
@@ -325,20 +375,6 @@ def swapped_labels_example() -> theory.BoundReport:
 # --------------------------------------------------------------------------- #
 # Trained part
 # --------------------------------------------------------------------------- #
-def student_configs(profile: str, dataset: str, metrics: Sequence[str], *, seed: int,
-                    source: str, overrides: Mapping | None = None) -> dict[str, Any]:
-    """``{"baseline": cfg, metric: cfg, ...}``: the student baseline (``lambda = 0``) and one
-    KD2M student per metric, as :func:`kd2m.profiles.student_config` builds them (the same
-    configs, hence the same stored runs, as the earlier chapters)."""
-    from kd2m.profiles import student_config
-
-    ov = dict(overrides or {})
-    out = {"baseline": student_config(profile, dataset, None, seed=seed, source=source, **ov)}
-    for m in metrics:
-        out[m] = student_config(profile, dataset, m, seed=seed, source=source, **ov)
-    return out
-
-
 def teacher_head(cfg, root=None) -> tuple[np.ndarray, np.ndarray]:
     """``(W, b)`` of the trained teacher's linear head (float64 numpy); ``cfg`` is the
     teacher's :class:`~kd2m.runs.RunConfig` (``student_cfg.teacher``)."""
@@ -349,21 +385,21 @@ def teacher_head(cfg, root=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _stratified(y: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """``n`` indices of ``y``, each class getting a share proportional to its count (largest
-    remainder), drawn with a seeded generator; returned sorted."""
+    """``n`` indices of ``y``, each class getting a share proportional to its count
+    (:func:`kd2m.data.stratified_counts`), drawn with a seeded generator; returned sorted."""
     classes, counts = np.unique(y, return_counts=True)
-    quota = counts * n / y.shape[0]
-    take = np.floor(quota).astype(int)
-    rest = n - int(take.sum())
-    take[np.argsort(-(quota - take), kind="stable")[:rest]] += 1
+    take = stratified_counts(counts, n).numpy()
     rng = np.random.default_rng(seed)
-    idx = [rng.choice(np.flatnonzero(y == c), size=k, replace=False)
-           for c, k in zip(classes, take, strict=True)]
+    idx = [
+        rng.choice(np.flatnonzero(y == c), size=k, replace=False)
+        for c, k in zip(classes, take, strict=True)
+    ]
     return np.sort(np.concatenate(idx))
 
 
-def monitor_arrays(monitor: Mapping, n_points: int | None = None, *, seed: int = 0
-                   ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+def monitor_arrays(
+    monitor: Mapping, n_points: int | None = None, *, seed: int = 0
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """``(student features per epoch, teacher features, labels)`` of a run's monitor
     (:func:`kd2m.runs.load_monitor`), float64.
 
@@ -374,8 +410,10 @@ def monitor_arrays(monitor: Mapping, n_points: int | None = None, *, seed: int =
     the sizes differ).
     """
     if monitor.get("teacher") is None or not monitor.get("epochs"):
-        raise ValueError("the monitor holds no teacher features or no epochs "
-                         "(is it a student run with a teacher?)")
+        raise ValueError(
+            "the monitor holds no teacher features or no epochs "
+            "(is it a student run with a teacher?)"
+        )
     zt = _f64(monitor["teacher"])
     y = np.asarray(_f64(monitor["labels"]), dtype=np.int64)
     epochs = [_f64(z) for z in monitor["epochs"]]
@@ -388,9 +426,9 @@ def monitor_arrays(monitor: Mapping, n_points: int | None = None, *, seed: int =
     return epochs, zt, y
 
 
-def reports_over_epochs(monitor: Mapping, weight: Any, bias: Any = None, *,
-                        n_points: int | None = None, seed: int = 0
-                        ) -> list[theory.BoundReport]:
+def reports_over_epochs(
+    monitor: Mapping, weight: Any, bias: Any = None, *, n_points: int | None = None, seed: int = 0
+) -> list[theory.BoundReport]:
     """One :func:`kd2m.theory.bound_report` per stored epoch: student features of that epoch
     against the teacher's features, both read by the fixed head ``(weight, bias)``
     (``n_points``, ``seed``: see :func:`monitor_arrays`)."""
@@ -416,12 +454,16 @@ def report_extras(report: theory.BoundReport) -> dict[str, float]:
     ratio ``gap_over_bound = |R_S - R_T| / (Lip W1_labelled)`` (NaN when the bound is 0)."""
     bound = report.lipschitz * report.W1_labelled
     gap = abs(report.risk_gap)
-    return {"abs_risk_gap": gap, "lip_W1_labelled": bound,
-            "gap_over_bound": gap / bound if bound > 0 else float("nan")}
+    return {
+        "abs_risk_gap": gap,
+        "lip_W1_labelled": bound,
+        "gap_over_bound": gap / bound if bound > 0 else float("nan"),
+    }
 
 
-def epoch_frame(reports: Mapping[str, Sequence[theory.BoundReport]],
-                records: Mapping[str, dict] | None = None):
+def epoch_frame(
+    reports: Mapping[str, Sequence[theory.BoundReport]], records: Mapping[str, dict] | None = None
+):
     """Long DataFrame indexed by ``(student, epoch)`` (epochs from 1) with every field of
     each report and :func:`report_extras`; with ``records`` (run records of the same
     students), also the student's own test accuracy and cross-entropy after that epoch
@@ -432,8 +474,9 @@ def epoch_frame(reports: Mapping[str, Sequence[theory.BoundReport]],
     for student, reps in reports.items():
         hist = records[student]["history"] if records is not None else None
         for e, r in enumerate(reps, start=1):
-            d = {k: v for k, v in r.to_dict().items() if k not in ("inequalities",
-                                                                  "plain_w1_bound")}
+            d = {
+                k: v for k, v in r.to_dict().items() if k not in ("inequalities", "plain_w1_bound")
+            }
             row = {"student": student, "epoch": e, **d, **report_extras(r)}
             if hist is not None:
                 row["own_test_acc"] = hist[e - 1]["test_acc"]
@@ -442,10 +485,14 @@ def epoch_frame(reports: Mapping[str, Sequence[theory.BoundReport]],
     return pd.DataFrame(rows).set_index(["student", "epoch"])
 
 
-_TITLES = {"W1": "W1 (plain, features only)", "W1_labelled": "W1_labelled",
-           "coupling_gap": "coupling gap  mean ||zS - zT||", "max_gap": "max gap  max ||zS - zT||",
-           "abs_risk_gap": "risk gap (solid) vs Lip · W1_labelled (dashed)",
-           "lip_W1_labelled": "ratio |risk gap| / (Lip · W1_labelled)"}
+_TITLES = {
+    "W1": "W1 (plain, features only)",
+    "W1_labelled": "W1_labelled",
+    "coupling_gap": "coupling gap  mean ||zS - zT||",
+    "max_gap": "max gap  max ||zS - zT||",
+    "abs_risk_gap": "risk gap (solid) vs Lip · W1_labelled (dashed)",
+    "lip_W1_labelled": "ratio |risk gap| / (Lip · W1_labelled)",
+}
 
 
 def plot_bounds_over_epochs(reports: Mapping[str, Sequence[theory.BoundReport]]):
@@ -467,8 +514,7 @@ def plot_bounds_over_epochs(reports: Mapping[str, Sequence[theory.BoundReport]])
         for ax, key in zip(axes[:4], EPOCH_QUANTITIES[:4], strict=True):
             ax.plot(ep, sub[key], "o-", ms=3, color=c, label=student)
         axes[4].plot(ep, sub["abs_risk_gap"], "o-", ms=3, color=c, label=f"{student}: gap")
-        axes[4].plot(ep, sub["lip_W1_labelled"], "s--", ms=3, color=c,
-                     label=f"{student}: bound")
+        axes[4].plot(ep, sub["lip_W1_labelled"], "s--", ms=3, color=c, label=f"{student}: bound")
         axes[5].plot(ep, sub["gap_over_bound"], "o-", ms=3, color=c, label=student)
     for ax, key in zip(axes, EPOCH_QUANTITIES, strict=True):
         ax.set(title=_TITLES[key], xlabel="epoch")
@@ -481,10 +527,17 @@ def plot_bounds_over_epochs(reports: Mapping[str, Sequence[theory.BoundReport]])
     return fig
 
 
-def summary_frame(reports: Mapping[str, Sequence[theory.BoundReport]],
-                  monitors: Mapping[str, Mapping],
-                  weight: Any, bias: Any = None, *, records: Mapping[str, dict] | None = None,
-                  n_points: int | None = None, seed: int = 0, epoch: int = -1):
+def summary_frame(
+    reports: Mapping[str, Sequence[theory.BoundReport]],
+    monitors: Mapping[str, Mapping],
+    weight: Any,
+    bias: Any = None,
+    *,
+    records: Mapping[str, dict] | None = None,
+    n_points: int | None = None,
+    seed: int = 0,
+    epoch: int = -1,
+):
     """One row per student at ``epoch`` (default the last).
 
     ``reports`` as :func:`reports_over_epochs` returns them, per student, with the same
@@ -509,17 +562,21 @@ def summary_frame(reports: Mapping[str, Sequence[theory.BoundReport]],
             "student": student,
             "teacher acc (h_T, zT) %": 100 * head_accuracy(zt, y, weight, bias),
             "student acc (h_T, zS) %": 100 * head_accuracy(zs, y, weight, bias),
-            "R_T(h_T)": r.risk_teacher, "R_S(h_T)": r.risk_student,
-            "|gap|": ex["abs_risk_gap"], "W1": r.W1, "W1_labelled": r.W1_labelled,
-            "Lip": r.lipschitz, "Lip centred": centred_lipschitz(weight),
+            "R_T(h_T)": r.risk_teacher,
+            "R_S(h_T)": r.risk_student,
+            "|gap|": ex["abs_risk_gap"],
+            "W1": r.W1,
+            "W1_labelled": r.W1_labelled,
+            "Lip": r.lipschitz,
+            "Lip centred": centred_lipschitz(weight),
             "Lip realised": realised_lipschitz(zs, zt, y, weight, bias),
-            "Lip·W1_lab": ex["lip_W1_labelled"], "gap / bound": ex["gap_over_bound"],
-            "W1_lab / coupling gap": r.W1_labelled / r.coupling_gap if r.coupling_gap > 0
+            "Lip·W1_lab": ex["lip_W1_labelled"],
+            "gap / bound": ex["gap_over_bound"],
+            "W1_lab / coupling gap": r.W1_labelled / r.coupling_gap
+            if r.coupling_gap > 0
             else float("nan"),
-            "coupling gap / max gap": r.coupling_gap / r.max_gap if r.max_gap > 0
-            else float("nan"),
-            "err bound (CE/ln2)": min(1.0, (r.risk_teacher + ex["lip_W1_labelled"])
-                                      / math.log(2)),
+            "coupling gap / max gap": r.coupling_gap / r.max_gap if r.max_gap > 0 else float("nan"),
+            "err bound (CE/ln2)": min(1.0, (r.risk_teacher + ex["lip_W1_labelled"]) / math.log(2)),
         }
         if records is not None and student in records:
             row["student acc (own head) %"] = 100 * records[student]["final"]["test_acc"]
@@ -530,9 +587,14 @@ def summary_frame(reports: Mapping[str, Sequence[theory.BoundReport]],
 def violations(reports: Mapping[str, Sequence[theory.BoundReport]]) -> dict[str, list]:
     """``{student: [(epoch, Inequality), ...]}`` of the violated checked inequalities
     (:func:`kd2m.theory.check_bounds` without raising); empty lists when all hold."""
-    return {s: [(e, v) for e, r in enumerate(reps, start=1)
-                for v in theory.check_bounds(r, raise_on_violation=False)]
-            for s, reps in reports.items()}
+    return {
+        s: [
+            (e, v)
+            for e, r in enumerate(reps, start=1)
+            for v in theory.check_bounds(r, raise_on_violation=False)
+        ]
+        for s, reps in reports.items()
+    }
 
 
 def all_reports_hold(reports: Mapping[str, Sequence[theory.BoundReport]]) -> bool:
@@ -557,8 +619,18 @@ def w2_crosscheck(records: Mapping[str, dict], monitors: Mapping[str, Mapping]):
         for e, (row, zs) in enumerate(zip(rec["history"], epochs, strict=True), start=1):
             logged = row.get("test_feature_w2")
             ours = theory.empirical_wasserstein(zs, zt, p=2) ** 2
-            rel = (abs(ours - logged) / max(abs(logged), 1e-300)
-                   if logged is not None else float("nan"))
-            rows.append({"student": student, "epoch": e, "logged": logged, "recomputed": ours,
-                         "rel_diff": rel})
+            rel = (
+                abs(ours - logged) / max(abs(logged), 1e-300)
+                if logged is not None
+                else float("nan")
+            )
+            rows.append(
+                {
+                    "student": student,
+                    "epoch": e,
+                    "logged": logged,
+                    "recomputed": ours,
+                    "rel_diff": rel,
+                }
+            )
     return pd.DataFrame(rows).set_index(["student", "epoch"])

@@ -1,0 +1,252 @@
+"""The book's experiments as calls: which runs each chapter needs, trained or loaded.
+
+Every function builds configs from a profile (``kd2m.profiles``) and asks the run store
+(``kd2m.runs.run``) for them, so a run that one chapter trained is loaded by the next.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kd2m.metrics import TABLE1_METRICS
+from kd2m.profiles import check_folders, student_config, teacher_config, teacher_overrides
+from kd2m.runs import RunConfig, load_monitor, load_records, run
+
+__all__ = [
+    "data_args",
+    "student_configs",
+    "table1_configs",
+    "table1_runs",
+    "sweep_configs",
+    "sweep_runs",
+    "embedding_panels",
+    "run_finished",
+    "results_records",
+    "results_table",
+]
+
+
+def data_args(dataset: str, folders: dict | None, download: bool = False) -> dict:
+    """``source`` / ``folder`` / ``download`` for ``dataset``: the image folder (or archive)
+    named in ``folders``, else torchvision's official files. A folder named there that does
+    not exist raises :class:`kd2m.data.DataNotFoundError` (no silent switch to torchvision)."""
+    folder = (folders or {}).get(dataset)
+    if folder is not None:
+        check_folders({dataset: folder})
+        return {"source": "folder", "folder": str(folder), "download": False}
+    return {"source": "torchvision", "folder": None, "download": download}
+
+
+def student_configs(
+    profile: str,
+    dataset: str,
+    metrics: list[str],
+    *,
+    seed: int,
+    source: str,
+    overrides: dict | None = None,
+    lam: float | None = None,
+    teacher: RunConfig | None = None,
+) -> dict[str, RunConfig]:
+    """``{"baseline": cfg, metric: cfg, ...}``: the student baseline (``lambda = 0``) and one
+    KD2M student per metric (``lam``: the profile's by default), as
+    :func:`kd2m.profiles.student_config` builds them, so every chapter asks the run store for
+    the same configs. The one place where the book builds students."""
+    ov = dict(overrides or {})
+    out = {
+        "baseline": student_config(
+            profile, dataset, None, seed=seed, source=source, teacher=teacher, **ov
+        )
+    }
+    for m in metrics:
+        out[m] = student_config(
+            profile, dataset, m, lam=lam, seed=seed, source=source, teacher=teacher, **ov
+        )
+    return out
+
+
+def table1_configs(
+    profile: str,
+    dataset: str,
+    rows: list[str],
+    seeds: list[int],
+    *,
+    source: str,
+    overrides: dict | None = None,
+) -> dict[str, list[RunConfig]]:
+    """``{"teacher": [...], "baseline": [...], "E1": [...], ...}``: one config per seed (the
+    teacher is trained once, with the profile's seed, and shared by every student)."""
+    unknown = [r for r in rows if r not in TABLE1_METRICS]
+    if unknown:
+        raise ValueError(f"rows={unknown}: expected Table 1 rows among {sorted(TABLE1_METRICS)}")
+    teacher = teacher_config(profile, dataset, source=source, **teacher_overrides(overrides or {}))
+    per_seed = [
+        student_configs(
+            profile,
+            dataset,
+            [TABLE1_METRICS[r] for r in rows],
+            seed=s,
+            source=source,
+            overrides=overrides,
+            teacher=teacher,
+        )
+        for s in seeds
+    ]
+    out = {"teacher": [teacher], "baseline": [c["baseline"] for c in per_seed]}
+    for row in rows:
+        out[row] = [c[TABLE1_METRICS[row]] for c in per_seed]
+    return out
+
+
+def table1_runs(
+    profile: str,
+    datasets: list[str],
+    rows: list[str],
+    seeds: list[int],
+    *,
+    folders: dict | None = None,
+    download: bool = False,
+    device: str = "auto",
+    overrides: dict | None = None,
+    progress: bool | None = None,
+) -> dict[str, dict[str, list[dict]]]:
+    """Records for Table 1: ``records[row][dataset] = [record per seed]``, trained or loaded."""
+    records: dict[str, dict[str, list[dict]]] = {}
+    for ds in datasets:
+        args = data_args(ds, folders, download)
+        cfgs = table1_configs(profile, ds, rows, seeds, source=args["source"], overrides=overrides)
+        for row, row_cfgs in cfgs.items():
+            records.setdefault(row, {})[ds] = [
+                run(
+                    c,
+                    folder=args["folder"],
+                    download=args["download"],
+                    device=device,
+                    progress=progress,
+                )
+                for c in row_cfgs
+            ]
+    return records
+
+
+def sweep_configs(
+    profile: str,
+    dataset: str,
+    metric: str,
+    lambdas: list[float],
+    seed: int,
+    *,
+    source: str,
+    overrides: dict | None = None,
+) -> dict[float, RunConfig]:
+    """One student per lambda; lambda = 0 keeps the metric, so its distance is recorded
+    (without gradient) for Fig. 2."""
+    return {
+        float(lam): student_configs(
+            profile,
+            dataset,
+            [metric],
+            seed=seed,
+            source=source,
+            overrides=overrides,
+            lam=float(lam),
+        )[metric]
+        for lam in lambdas
+    }
+
+
+def sweep_runs(
+    profile: str,
+    dataset: str,
+    metric: str,
+    lambdas: list[float],
+    seed: int,
+    *,
+    folders: dict | None = None,
+    download: bool = False,
+    device: str = "auto",
+    overrides: dict | None = None,
+    progress: bool | None = None,
+) -> dict[float, dict]:
+    """Records of the lambda sweep of Fig. 2, trained or loaded."""
+    args = data_args(dataset, folders, download)
+    cfgs = sweep_configs(
+        profile, dataset, metric, lambdas, seed, source=args["source"], overrides=overrides
+    )
+    return {
+        lam: run(
+            c, folder=args["folder"], download=args["download"], device=device, progress=progress
+        )
+        for lam, c in cfgs.items()
+    }
+
+
+def embedding_panels(
+    configs: dict[str, RunConfig], n: int | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For Fig. 3: ``{title: (teacher_features, student_features)}`` on the same test
+    images, from each run's stored last-epoch monitor (students projected into the
+    teacher's feature space when the sizes differ)."""
+    out = {}
+    for title, cfg in configs.items():
+        mon = load_monitor(cfg)
+        zt = mon["teacher"].float().numpy()
+        zs = mon["epochs"][-1].float().numpy()
+        out[title] = (zt[:n], zs[:n]) if n else (zt, zs)
+    return out
+
+
+def run_finished(rec: dict) -> bool:
+    """A record is finished, has every epoch and only finite numbers."""
+    hist = rec.get("history", [])
+    nums = [v for row in hist for v in row.values() if isinstance(v, float)]
+    return (
+        rec.get("status") == "finished"
+        and len(hist) == rec["config"]["epochs"]
+        and all(np.isfinite(nums))
+    )
+
+
+def results_records(folder: str | Path) -> dict[str, dict[str, list[dict]]]:
+    """Committed records in ``folder`` grouped as :func:`table1_runs` returns them (rows
+    ``teacher``, ``baseline``, ``E1``..``G3`` by each record's role and metric). Empty when the
+    folder does not exist."""
+    if not Path(folder).is_dir():
+        return {}
+    row_of = {m: r for r, m in TABLE1_METRICS.items()}
+    out: dict[str, dict[str, list[dict]]] = {}
+    for rec in load_records(folder):
+        c = rec["config"]
+        if c["role"] == "teacher":
+            row = "teacher"
+        elif c["metric"] is None:
+            row = "baseline"
+        else:
+            row = row_of.get(c["metric"])
+        if row is not None:
+            out.setdefault(row, {}).setdefault(c["dataset"], []).append(rec)
+    order = ["baseline", "teacher", *TABLE1_METRICS]
+    return {r: out[r] for r in order if r in out}
+
+
+def results_table(folder: str | Path):
+    """Table 1 of the committed records in ``folder`` beside the paper's numbers, with the
+    hardware, the data copy and the wall time of each run."""
+    import pandas as pd
+
+    from kd2m.book.plots import table1
+
+    recs = results_records(folder)
+    if not recs:
+        return pd.DataFrame({"note": [f"no records in {folder}"]})
+    df = table1(recs)
+    first = {row: per[next(iter(per))][0] for row, per in recs.items()}
+    df["device"] = [
+        first[r]["hardware"].get("gpu", first[r]["hardware"]["device"]) for r in df.index
+    ]
+    df["data"] = [first[r]["data"].get("source") for r in df.index]
+    df["pretrained"] = [first[r]["config"]["pretrained"] for r in df.index]
+    df["seconds"] = [round(first[r]["wall_seconds"]) for r in df.index]
+    return df
