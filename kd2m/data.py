@@ -331,6 +331,11 @@ def load_data(
     The first call decodes the images into ``<root>/cache/<name>-<source>-<key>.pt``
     (written atomically); ``key`` identifies the input (torchvision's file checksums, or
     the archive's sha256 / the folder's file listing), so changed inputs are re-decoded.
+    Every read of the cache checks its content sha256 and label range; a cache that fails
+    (or cannot be read) is deleted and rebuilt, with a warning naming it. Reading and
+    building hold ``<root>/cache/.<name>.lock``, so concurrent processes decode once.
+    A broken image, archive or cache write raises :class:`kd2m._io.FileError` naming the
+    file.
 
     Cost, measured on the offline CIFAR-10 JPEG archive (60,000 files, 2 shared CPU
     cores): extraction ~8.5 s, decoding with PIL in one process ~9 s, later calls read
