@@ -11,6 +11,8 @@ Examples::
     python -m kd2m column --profile paper --parallel 7 --folder ...   # a Table 1 column
     python -m kd2m train student  --profile cpu --metric gaussian_kl --set epochs=2 --set seed=1
     python -m kd2m list
+
+An error prints one line and exits non-zero; ``--debug`` shows its traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 __all__ = ["main"]
 
@@ -29,13 +32,35 @@ def _parse_value(text: str):
         return text
 
 
-def _overrides(pairs: list[str]) -> dict:
+class UsageError(ValueError):
+    """A command line that cannot be carried out (exit status 2)."""
+
+
+# RunConfig fields that have their own flag (or none): `--set` refuses them
+_NOT_SETTABLE = {
+    "role": "the first argument of 'train' (teacher, baseline or student)",
+    "dataset": "--dataset",
+    "source": "--folder (an image folder) or nothing (torchvision)",
+    "metric": "--metric",
+    "lam": "--lam",
+    "metric_options": "--option KEY=VALUE",
+    "teacher": "nothing: the teacher follows the profile and the fields of --set that a "
+    "teacher follows (kd2m.profiles.TEACHER_FOLLOWS)",
+}
+
+
+def _overrides(pairs: list[str], flag: str = "--set") -> dict:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE (VALUE parsed as JSON)")
+            raise UsageError(f"{flag} {pair!r}: expected KEY=VALUE (VALUE parsed as JSON)")
         key, value = pair.split("=", 1)
-        out[key.strip()] = _parse_value(value)
+        key = key.strip()
+        if flag == "--set" and key in _NOT_SETTABLE:
+            raise UsageError(
+                f"--set {key}=...: {key} is not set with --set; use {_NOT_SETTABLE[key]}"
+            )
+        out[key] = _parse_value(value)
     return out
 
 
@@ -51,30 +76,44 @@ def _data(args) -> dict:
     }
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
+    return value
+
+
 def _cmd_train(args) -> int:
     from kd2m.profiles import student_config, teacher_config
     from kd2m.runs import run
+    from kd2m.train import resolve_device
 
     overrides = _overrides(args.set)
+    if args.role != "student" and args.option:
+        raise UsageError(f"train {args.role} takes no --option (metric options)")
     if args.role == "teacher":
         if args.metric or args.lam is not None:
-            raise SystemExit("train teacher takes no --metric/--lam")
+            raise UsageError("train teacher takes no --metric/--lam")
         cfg = teacher_config(args.profile, **_data(args), **overrides)
     elif args.role == "baseline":
         if args.metric or args.lam:
-            raise SystemExit("train baseline takes no --metric/--lam (use 'train student')")
+            raise UsageError("train baseline takes no --metric/--lam (use 'train student')")
         cfg = student_config(args.profile, metric=None, **_data(args), **overrides)
     else:
         if not args.metric:
-            raise SystemExit("train student needs --metric (see 'python -m kd2m metrics')")
+            raise UsageError("train student needs --metric (see 'python -m kd2m metrics')")
         cfg = student_config(
             args.profile,
             metric=args.metric,
             lam=args.lam,
-            metric_options=_overrides(args.option),
+            metric_options=_overrides(args.option, "--option"),
             **_data(args),
             **overrides,
         )
+    resolve_device(args.device)  # a device that cannot train fails before anything trains
     rec = run(
         cfg,
         folder=args.folder,
@@ -97,14 +136,16 @@ def _cmd_list(args) -> int:
     if not rows:
         print("no runs")
         return 0
-    print(f"{'name':52s} {'hash':12s} {'status':9s} {'epochs':>6s} {'test acc':>8s} {'s':>7s}")
+    print(f"{'name':52s} {'hash':12s} {'status':10s} {'epochs':>6s} {'test acc':>8s} {'s':>7s}")
     for r in rows:
         acc = r["final"].get("test_acc")
         acc_s = f"{100 * acc:7.2f}%" if acc is not None else "       -"
         print(
-            f"{r['name']:52s} {r['hash']:12s} {r['status']:9s} {len(r['history']):6d} "
+            f"{r['name']:52s} {r['hash']:12s} {r['status']:10s} {len(r['history']):6d} "
             f"{acc_s} {r['wall_seconds']:7.0f}"
         )
+        if r["status"] == "unreadable":
+            print(f"    {r['error']}")
     return 0
 
 
@@ -126,11 +167,18 @@ def _cmd_column(args) -> int:
     import subprocess
 
     from kd2m.metrics import TABLE1_METRICS
-    from kd2m.profiles import teacher_config
+    from kd2m.profiles import student_config
     from kd2m.runs import run
+    from kd2m.train import resolve_device
 
     overrides = _overrides(args.set)
-    teacher = teacher_config(args.profile, **_data(args), **overrides)
+    metrics = [None] + (args.metrics or list(TABLE1_METRICS.values()))
+    # every student's config first (bad metrics or values fail before anything trains); the
+    # teacher trained here is exactly the one the students distil from
+    students = [student_config(args.profile, metric=m, **_data(args), **overrides) for m in metrics]
+    teacher = students[0].teacher
+    assert all(c.teacher == teacher for c in students)
+    resolve_device(args.device)
     rec = run(
         teacher,
         folder=args.folder,
@@ -142,7 +190,6 @@ def _cmd_column(args) -> int:
         f"{rec['name']}: {100 * rec['final']['test_acc']:.2f}% ({rec['wall_seconds']:.0f} s)",
         flush=True,
     )
-    metrics = [None] + (args.metrics or list(TABLE1_METRICS.values()))
     common = [
         sys.executable,
         "-m",
@@ -231,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--profile", default="cpu")
     c.add_argument("--dataset", default=None)
     c.add_argument("--metrics", nargs="*", help="default: the six Table 1 metrics")
-    c.add_argument("--parallel", type=int, default=1, help="students trained at once")
+    c.add_argument("--parallel", type=_positive, default=1, help="students trained at once (>= 1)")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--folder")
     c.add_argument("--download", action="store_true")
@@ -243,12 +290,37 @@ def main(argv: list[str] | None = None) -> int:
     ls.set_defaults(func=_cmd_list)
     sub.add_parser("metrics", help="list registered metrics").set_defaults(func=_cmd_metrics)
     sub.add_parser("profiles", help="print the profiles").set_defaults(func=_cmd_profiles)
+    for p in (parser, t, c, ls):
+        p.add_argument(
+            "--debug",
+            action="store_true",
+            default=False if p is parser else argparse.SUPPRESS,
+            help="show the traceback of an error",
+        )
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return _call(args)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+
+def _call(args) -> int:
+    """Run the command; an error prints one line (the traceback only with --debug)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _show_warning
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            if args.debug:
+                raise
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            print(f"error: {text} (rerun with --debug for the traceback)", file=sys.stderr)
+            return 2 if isinstance(exc, ValueError) else 1
 
 
 if __name__ == "__main__":

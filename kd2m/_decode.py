@@ -5,7 +5,21 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["read_rgb", "read_chunk"]
+__all__ = ["read_rgb", "read_chunk", "UnreadableImage"]
+
+
+class UnreadableImage(ValueError):
+    """An image file that PIL cannot decode (truncated, not an image). Its args are plain
+    strings, so it crosses a process pool intact; kd2m.data turns it into a FileError."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(path, reason)
+        self.path, self.reason = path, reason
+
+    def __str__(self) -> str:
+        return (
+            f"cannot decode image {self.path} ({self.reason}): replace or delete the file and rerun"
+        )
 
 
 def read_rgb(path: str, size: int, resize: bool) -> np.ndarray:
@@ -19,9 +33,10 @@ def read_rgb(path: str, size: int, resize: bool) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            if resize and im.format == "JPEG":
-                im.draft("RGB", (size, size))  # the smallest DCT scale still >= size
+        with Image.open(path) as opened:
+            if resize and opened.format == "JPEG":
+                opened.draft("RGB", (size, size))  # the smallest DCT scale still >= size
+            im: Image.Image = opened
             if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit grayscale
                 a = np.asarray(im).astype(np.float64) / 257.0
                 im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
@@ -29,7 +44,7 @@ def read_rgb(path: str, size: int, resize: bool) -> np.ndarray:
                 im = im.convert("RGBA")
             rgb = im.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from e
+        raise UnreadableImage(str(path), str(e)) from e
     if rgb.size != (size, size):
         if not resize:
             raise ValueError(f"{path}: image of size {rgb.size}, expected {size}x{size} RGB")

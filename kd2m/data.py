@@ -36,6 +36,7 @@ import sys
 import tarfile
 import time
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,8 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kd2m._decode import read_chunk
-from kd2m._io import atomic_torch_save
+from kd2m._decode import UnreadableImage, read_chunk
+from kd2m._io import FileError, atomic_torch_save, file_sha256, path_lock, read_json, torch_load
 
 __all__ = [
     "CACHE_FORMAT",
@@ -211,14 +212,6 @@ def tensor_sha256(*tensors: torch.Tensor) -> str:
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
     return h.hexdigest()
 
 
@@ -414,6 +407,11 @@ def load_data(
     The first call decodes the images into ``<root>/cache/<name>-<source>-<key>.pt``
     (written atomically); ``key`` identifies the input (torchvision's file checksums, or
     the archive's sha256 / the folder's file listing), so changed inputs are re-decoded.
+    Every read of the cache checks its content sha256 and label range; a cache that fails
+    (or cannot be read) is deleted and rebuilt, with a warning naming it. Reading and
+    building hold ``<root>/cache/.<name>.lock``, so concurrent processes decode once.
+    A broken image, archive or cache write raises :class:`kd2m._io.FileError` naming the
+    file.
 
     Cost, measured on the offline CIFAR-10 JPEG archive (60,000 files, 2 shared CPU
     cores): extraction ~8.5 s, decoding with PIL in one process ~9 s, later calls read
@@ -434,23 +432,34 @@ def load_data(
                 f"load_data(source={source!r}) needs a known dataset name {sorted(DATASETS)}"
                 f" or folder=PATH (source 'auto' or 'folder')"
             )
-        return _load_image_folder(name or folder_name(folder), root, Path(folder), image_size)
-    info = _info(name)
+        own = name or folder_name(folder)
+        return _load_checked(
+            root, own, lambda: _load_image_folder(own, root, Path(folder), image_size)
+        )
     if image_size != DEFAULT_IMAGE_SIZE:
         raise ValueError(
             f"image_size={image_size}: {name}'s images are {DEFAULT_IMAGE_SIZE}x"
             f"{DEFAULT_IMAGE_SIZE} and are not resized; image_size applies to image folders "
             "of one's own"
         )
+    return _load_known(_info(name), source, root, folder, download)
+
+
+def _load_known(info: DatasetInfo, source: str, root: Path, folder, download: bool) -> ImageData:
+    """A known dataset from torchvision's files or from an image-folder copy of it."""
     if source == "auto":
         source = "folder" if folder is not None else "torchvision"
     if source == "torchvision":
         if folder is not None:
             raise ValueError("folder= is only used with source='folder' (or 'auto')")
-        return _official_stats(_load_torchvision(info, root, download))
+        return _official_stats(
+            _load_checked(root, info.name, lambda: _load_torchvision(info, root, download))
+        )
     if folder is None:
         raise ValueError("source='folder' needs folder= (an image-folder tree or archive)")
-    return _official_stats(_load_folder(info, root, Path(folder)))
+    return _official_stats(
+        _load_checked(root, info.name, lambda: _load_folder(info, root, Path(folder)))
+    )
 
 
 def _official_stats(data: ImageData) -> ImageData:
@@ -459,16 +468,76 @@ def _official_stats(data: ImageData) -> ImageData:
     return data
 
 
+class _BadCache(Exception):
+    """A cache file that cannot be read or fails its checks (it is rebuilt)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _load_checked(root: Path, name: str, load) -> ImageData:
+    """``load()`` under the data root's lock for this dataset (concurrent processes decode
+    and write a cache once; the others wait, then read it). A cache that fails its checks
+    is deleted, with a warning naming it, and built again."""
+    with path_lock(root / "cache" / f".{name}.lock", f"reading {name}"):
+        try:
+            return load()
+        except _BadCache as bad:
+            warnings.warn(
+                f"data cache {bad.path} is corrupt ({bad.reason}): deleting it and "
+                "rebuilding it from the source",
+                stacklevel=3,
+            )
+            bad.path.unlink(missing_ok=True)
+        try:
+            return load()
+        except _BadCache as bad:
+            raise FileError(
+                bad.path,
+                f"the data cache {bad.path} rebuilt from the source is "
+                f"still corrupt ({bad.reason}): check the disk, delete "
+                f"{bad.path.parent} and rerun",
+            ) from None
+
+
+def _check_cache(info: DatasetInfo, cache: Path, blob, fmt: int = CACHE_FORMAT) -> None:
+    """Raise :class:`_BadCache` unless ``blob`` is a kd2m cache of ``info`` whose tensors
+    match their stored content hash and whose labels lie in ``[0, num_classes)``."""
+    keys = ("x_train", "y_train", "x_test", "y_test", "classes", "provenance")
+    if not isinstance(blob, dict) or any(k not in blob for k in keys):
+        raise _BadCache(cache, "not a kd2m data cache")
+    if blob.get("format") != fmt or blob.get("name") != info.name:
+        raise _BadCache(cache, f"not a format-{fmt} cache of {info.name}")
+    for split in ("train", "test"):
+        x, y = blob[f"x_{split}"], blob[f"y_{split}"]
+        if x.dtype != torch.uint8 or x.dim() != 4 or y.shape != (x.shape[0],):
+            raise _BadCache(cache, f"{split} tensors of the wrong type or shape")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= info.num_classes):
+            raise _BadCache(cache, f"{split} labels outside [0, {info.num_classes})")
+    stored = blob["provenance"].get("content_sha256")
+    actual = tensor_sha256(blob["x_train"], blob["y_train"], blob["x_test"], blob["y_test"])
+    if stored != actual:
+        raise _BadCache(
+            cache, f"content sha256 {actual[:12]} differs from the stored {str(stored)[:12]}"
+        )
+
+
 def _from_cache(info: DatasetInfo | str, cache: Path, prov: dict) -> ImageData:
-    """Read a cache; ``info`` is a known dataset's, or the name of an image folder of one's
-    own (whose classes and statistics the cache holds)."""
+    """Read and verify a cache (:func:`_check_cache`); ``info`` is a known dataset's, or the
+    name of an image folder of one's own (whose classes and statistics the cache holds)."""
     t0 = time.perf_counter()
-    blob = torch.load(cache, map_location="cpu", weights_only=True)
+    try:
+        blob = torch_load(cache, "", map_location="cpu", weights_only=True)
+    except FileError as exc:
+        raise _BadCache(cache, "unreadable: truncated or not a torch file") from exc
     fmt = CACHE_FORMAT
     if isinstance(info, str):
-        fmt, info = FOLDER_CACHE_FORMAT, _folder_info(info, blob)
-    if blob.get("format") != fmt or blob.get("name") != info.name:
-        raise ValueError(f"{cache} is not a kd2m cache of {info.name} (format {fmt})")
+        try:
+            fmt, info = FOLDER_CACHE_FORMAT, _folder_info(info, blob)
+        except Exception as exc:
+            raise _BadCache(cache, f"not a kd2m image-folder cache ({exc})") from exc
+    _check_cache(info, cache, blob, fmt)
     prov = {
         **prov,
         **blob["provenance"],
@@ -636,7 +705,7 @@ def _extract_once(archive: Path, target: Path, archive_sha: str) -> None:
     """Extract ``archive`` into ``target`` unless already done from the same archive."""
     marker = target / _MARKER
     if marker.is_file():
-        done = json.loads(marker.read_text())
+        done = read_json(marker, f"delete {target} and rerun (it is extracted again)")
         if done.get("archive_sha256") == archive_sha:
             return
         shutil.rmtree(target)  # ours (it has our marker), from another archive
@@ -650,8 +719,7 @@ def _extract_once(archive: Path, target: Path, archive_sha: str) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+        _extract(archive, tmp)
         (tmp / _MARKER).write_text(
             json.dumps({"archive": str(archive), "archive_sha256": archive_sha})
         )
@@ -666,6 +734,34 @@ def _extract_once(archive: Path, target: Path, archive_sha: str) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _extract(archive: Path, tmp: Path) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        why = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        raise FileError(
+            archive,
+            f"cannot extract {archive} ({why}): it is not a complete "
+            f"tar archive ({', '.join(ARCHIVE_SUFFIXES)}); copy it again, or pass "
+            "the extracted image folder instead",
+        ) from exc
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """The RGB pixels of one image file; a truncated or unreadable file raises
+    :class:`FileError` naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for broken files
+        raise FileError(
+            path, f"cannot decode image {path} ({exc}): replace or delete the file and rerun"
+        ) from exc
 
 
 def _abbrev(names: Sequence[str], k: int = 10) -> str:
@@ -709,6 +805,19 @@ def _decode_pool(workers: int):
 
 
 def _decode(
+    files: list[list[Path]],
+    size: int = DEFAULT_IMAGE_SIZE,
+    resize: bool = False,
+    desc: str = "decoding",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_decode_all`, with an unreadable image reported as a FileError naming it."""
+    try:
+        return _decode_all(files, size, resize, desc)
+    except UnreadableImage as exc:
+        raise FileError(exc.path, str(exc)) from exc
+
+
+def _decode_all(
     files: list[list[Path]],
     size: int = DEFAULT_IMAGE_SIZE,
     resize: bool = False,
@@ -938,8 +1047,8 @@ def _load_image_folder(name: str, root: Path, folder: Path, image_size: int) -> 
     info = DatasetInfo(
         name=name,
         num_classes=len(classes),
-        mean=mean,
-        std=std,
+        mean=(mean[0], mean[1], mean[2]),
+        std=(std[0], std[1], std[2]),
         hflip=True,
         torchvision_class="",
         classes=tuple(classes),
@@ -1038,6 +1147,7 @@ def resolve_source(
     if dataset not in DATASETS:
         if folder is None:
             _info(dataset)  # raises: unknown dataset, pass folder=
+            raise ValueError(f"{dataset}: not a known dataset; pass folder=")
         raise DataNotFoundError(
             f"{dataset}: folder={str(folder)!r} does not exist (resolved: "
             f"{Path(folder).resolve()}). Expected {_LAYOUT}."

@@ -12,10 +12,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kd2m.data import DATASETS, DEFAULT_IMAGE_SIZE, folder_name, load_data
 from kd2m.runs import RunConfig, data_root
 
-__all__ = ["PROFILES", "teacher_config", "student_config", "teacher_overrides"]
+__all__ = [
+    "PROFILES",
+    "teacher_config",
+    "student_config",
+    "teacher_overrides",
+    "check_parameters",
+    "check_folders",
+]
 
 PROFILES: dict[str, dict] = {
     "paper": {
@@ -176,3 +185,81 @@ def student_config(
     }
     kw |= overrides
     return RunConfig(**kw)
+
+
+def check_folders(folders: dict | None, download: bool | str = "auto") -> None:
+    """``folders`` maps dataset -> image folder or archive. A missing path is an error
+    (:class:`kd2m.data.DataNotFoundError` naming it) where nothing else can stand in for it:
+    a dataset of one's own, or a known dataset with ``download`` false. A known dataset
+    whose offline copy is absent comes through torchvision instead, and the chapter says so
+    (:func:`kd2m.data.resolve_source`): never a silent switch."""
+    from kd2m.data import DataNotFoundError
+
+    if folders is None:
+        return
+    if not isinstance(folders, dict):
+        raise ValueError(f"folders={folders!r}: expected a dict dataset -> path")
+    never = str(download).lower() == "false"
+    for name, path in folders.items():
+        if path is None or Path(path).exists() or (name in DATASETS and not never):
+            continue
+        way_out = (
+            "fix the path"
+            if name not in DATASETS
+            else f"fix the path, or allow torchvision's download of {name} (download: auto)"
+        )
+        raise DataNotFoundError(
+            f"folders[{name!r}]={str(path)!r} does not exist (resolved from "
+            f"{Path.cwd()}: {Path(path).resolve()}): {way_out}"
+        )
+
+
+def check_parameters(
+    profile: str,
+    *,
+    device: str | None = None,
+    folders: dict | None = None,
+    download: bool | str = "auto",
+    datasets: list[str] | None = None,
+    dataset: str | None = None,
+    rows: list[str] | None = None,
+    metric: str | None = None,
+    metrics: list[str] | None = None,
+    lambdas: list[float] | None = None,
+    seeds: list[int] | None = None,
+    overrides: dict | None = None,
+) -> None:
+    """Check a chapter's parameters before it computes anything (the notebooks call it at
+    the top): a known profile, a device that exists here, folders that exist, known
+    datasets, Table 1 rows and metrics, lambdas >= 0, integer seeds, overrides that are
+    RunConfig fields. Raises ValueError (or DataNotFoundError) naming the bad value."""
+    from kd2m.metrics import METRICS, TABLE1_METRICS
+    from kd2m.train import resolve_device
+
+    _profile(profile)
+    if device is not None:
+        resolve_device(device)
+    check_folders(folders, download)
+    for name in list(datasets or []) + ([dataset] if dataset is not None else []):
+        if name not in DATASETS and name not in (folders or {}):
+            raise ValueError(
+                f"dataset {name!r}: expected one of {sorted(DATASETS)} (or a "
+                "dataset given in folders)"
+            )
+    unknown = [r for r in rows or [] if r not in TABLE1_METRICS]
+    if unknown:
+        raise ValueError(f"rows={unknown}: expected Table 1 rows among {sorted(TABLE1_METRICS)}")
+    unknown = [m for m in list(metrics or []) + [metric] if m is not None and m not in METRICS]
+    if unknown:
+        raise ValueError(f"metric(s) {unknown}: expected among {sorted(METRICS)}")
+    bad = [
+        x
+        for x in lambdas or []
+        if isinstance(x, bool) or not isinstance(x, int | float) or not x >= 0
+    ]
+    if bad:
+        raise ValueError(f"lambdas {bad}: expected numbers >= 0")
+    bad = [x for x in seeds or [] if isinstance(x, bool) or not isinstance(x, int)]
+    if bad:
+        raise ValueError(f"seeds {bad}: expected integers")
+    _check_overrides(dict(overrides or {}))

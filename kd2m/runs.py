@@ -3,13 +3,20 @@
 ``run(config)`` returns the JSON record of a finished run, training it first if needed:
 
 * ``data/runs/<name>-<hash>/record.json``: config, per-epoch history, final metrics, data
-  provenance, hardware, library versions, wall time; written atomically (temp file +
-  ``os.replace``) after every epoch with ``"status": "running"`` and at the end with
-  ``"status": "finished"``;
+  provenance (with the data's content sha256), hardware, library versions, git commit and
+  whether the tree was dirty, wall time, and the sha256 of the files below (``"files"``);
+  written atomically (temp file + ``os.replace``) after every epoch with ``"status":
+  "running"`` and at the end with ``"status": "finished"``;
 * ``checkpoint.pt``: the resumable state after the last finished epoch (a killed run resumes
   from it and replays exactly the batches it would have seen);
-* ``model.pt``: the final weights (and projector); ``monitor.pt``: the first test features
-  of every epoch (the theory chapter and Fig. 3 read them).
+* ``model.pt``: the final weights (and projector); ``monitor.pt``: the monitored test
+  features and the head of every epoch (the theory chapter and Fig. 3 read them).
+
+Every file is checked against its sha256 in the record before it is loaded. A finished run
+whose files are missing or differ is trained again (with a warning); a checkpoint that
+differs is discarded (the run starts again); a record made from other data than the data
+given now raises :class:`DataMismatchError`. ``run.lock`` in the run directory makes
+concurrent processes asking for the same run train it once; the others wait and load it.
 
 Checkpoints are never committed; records of reference runs may be copied to
 ``data/results/``.
@@ -23,13 +30,24 @@ import json
 import os
 import platform
 import socket
+import subprocess
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from kd2m._io import atomic_json, atomic_torch_save
+from kd2m._io import (
+    FileError,
+    atomic_json,
+    atomic_torch_save,
+    file_sha256,
+    path_lock,
+    probe_writable,
+    read_json,
+    torch_load,
+)
 from kd2m.data import DATASETS, DEFAULT_IMAGE_SIZE, ImageData, Loader, load_data
 from kd2m.metrics import METRICS, get_metric, wasserstein
 from kd2m.models import KD2MNet, build_model, make_projector
@@ -45,10 +63,13 @@ __all__ = [
     "data_root",
     "load_model",
     "load_monitor",
+    "git_state",
+    "DataMismatchError",
     "RECORD_FORMAT",
 ]
 
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: sha256 of the weights ("files"), per-epoch monitor heads, git state
+READABLE_FORMATS = (1, 2)  # format 1 records are listed and plotted, never reused by run()
 ROLES = ("teacher", "student")
 SOURCES = ("torchvision", "folder")
 MONITOR_SIZE = 1000  # class-balanced test images whose features are kept each epoch
@@ -112,6 +133,7 @@ class RunConfig:
         def bad(name, expected):
             raise ValueError(f"RunConfig.{name}={getattr(self, name)!r}: expected {expected}")
 
+        _check_types(self)
         if self.role not in ROLES:
             bad("role", f"one of {ROLES}")
         if self.source not in SOURCES:
@@ -231,19 +253,70 @@ def _identity(d: dict) -> dict:
     return out
 
 
+# field -> (accepted types, None allowed, description); bool is not an int here
+_TYPES: dict[str, tuple[type | tuple[type, ...], bool, str]] = {
+    "role": (str, False, "a string"),
+    "dataset": (str, False, "a string"),
+    "source": (str, False, "a string"),
+    "arch": (str, False, "a string"),
+    "stem": (str, False, "a string"),
+    "metric": (str, True, "None or a metric name"),
+    "n_train": (int, True, "None (all images) or a positive integer"),
+    "n_test": (int, True, "None (all images) or a positive integer"),
+    "width": (int, True, "None (the architecture's default) or a positive integer"),
+    "epochs": (int, False, "a positive integer"),
+    "batch_size": (int, False, "a positive integer"),
+    "seed": (int, False, "an integer >= 0"),
+    "pretrained": (bool, False, "true or false"),
+    "hflip": (bool, True, "None (the dataset's default), true or false"),
+    "metric_options": (dict, False, "a dict of metric options"),
+    "image_size": (int, False, "a positive integer"),
+    "data_sha256": (str, True, "None or the content sha256 of an image folder"),
+    **{
+        k: ((int, float), False, "a finite number >= 0")
+        for k in ("lam", "lr", "momentum", "weight_decay", "lr_min")
+    },
+}
+
+
+def _check_types(cfg: RunConfig) -> None:
+    """Every field of ``cfg`` has its type (``epochs=True``, ``seed=1.5`` or
+    ``hflip="no"`` raise ValueError naming the field and the value)."""
+    for name, (types, nullable, expected) in _TYPES.items():
+        v = getattr(cfg, name)
+        if v is None and nullable:
+            continue
+        wrong = not isinstance(v, types) or (isinstance(v, bool) and types is not bool)
+        if not wrong and name in ("width", "seed"):
+            wrong = v < (1 if name == "width" else 0)
+        if wrong:
+            raise ValueError(f"RunConfig.{name}={v!r}: expected {expected}")
+    if cfg.teacher is not None and not isinstance(cfg.teacher, RunConfig):
+        raise ValueError(f"RunConfig.teacher={cfg.teacher!r}: expected None or a RunConfig")
+
+
 def run_dir(cfg: RunConfig, root: Path | str | None = None) -> Path:
     root = Path(root) if root is not None else data_root()
     return root / "runs" / f"{cfg.name}-{cfg.hash}"
 
 
 def load_record(path: Path | str) -> dict:
-    """Read a record (a ``record.json`` or a run directory); checks its format version."""
+    """Read a record (a ``record.json`` or a run directory); checks its format version.
+    An unreadable or truncated file raises :class:`kd2m._io.FileError` naming it."""
     path = Path(path)
     if path.is_dir():
         path = path / "record.json"
-    rec = json.loads(path.read_text())
-    if rec.get("format") != RECORD_FORMAT:
-        raise ValueError(f"{path}: record format {rec.get('format')!r}, expected {RECORD_FORMAT}")
+    way_out = (
+        f"delete {path.parent} and rerun to train the run again"
+        if path.name == "record.json"
+        else f"restore or delete {path}"
+    )
+    rec = read_json(path, way_out)
+    if not isinstance(rec, dict) or rec.get("format") not in READABLE_FORMATS:
+        fmt = rec.get("format") if isinstance(rec, dict) else None
+        raise ValueError(
+            f"{path}: record format {fmt!r}, expected one of {READABLE_FORMATS}: {way_out}"
+        )
     return rec
 
 
@@ -253,16 +326,62 @@ def load_records(folder: Path | str) -> list[dict]:
 
 
 def list_runs(root: Path | str | None = None) -> list[dict]:
-    """All records under ``<root>/runs`` (and ``<root>/results``), newest first."""
+    """All records under ``<root>/runs`` (and ``<root>/results``), newest first. A record that
+    cannot be read is listed too, as ``{"status": "unreadable", "error": ..., "path": ...}``
+    (name from its directory, no history), last."""
     root = Path(root) if root is not None else data_root()
-    recs = []
+    recs, bad = [], []
     for pattern in ("runs/*/record.json", "results/**/*.json"):
         for p in root.glob(pattern):
             try:
                 recs.append(load_record(p) | {"path": str(p)})
-            except (ValueError, json.JSONDecodeError):
-                continue
-    return sorted(recs, key=lambda r: r.get("started", ""), reverse=True)
+            except (ValueError, FileError) as exc:
+                name = p.parent.name if p.name == "record.json" else p.stem
+                bad.append(
+                    {
+                        "name": name,
+                        "hash": "",
+                        "status": "unreadable",
+                        "history": [],
+                        "final": {},
+                        "wall_seconds": 0.0,
+                        "error": str(exc),
+                        "path": str(p),
+                    }
+                )
+    return sorted(recs, key=lambda r: r.get("started", ""), reverse=True) + bad
+
+
+def git_state(src: Path | str | None = None, timeout: float = 10.0) -> dict:
+    """The git commit of the kd2m source tree and whether it had uncommitted changes:
+    ``{"commit": sha or None, "dirty": bool or None, "error": why it could not tell}``.
+
+    ``src`` defaults to the package's directory; a package that git does not track there
+    (an installed copy, no git, not a checkout) gives ``commit=None`` and the reason."""
+    src = Path(src) if src is not None else Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-C", str(src), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        ).stdout
+
+    try:
+        # the package itself must be tracked (not an installed copy inside some other repo)
+        git("ls-files", "--error-unmatch", "__init__.py" if (src / "__init__.py").exists() else ".")
+        commit = git("rev-parse", "HEAD").strip()
+        status = git("status", "--porcelain")
+    except (OSError, subprocess.SubprocessError) as exc:
+        why = getattr(exc, "stderr", None) or str(exc)
+        return {
+            "commit": None,
+            "dirty": None,
+            "error": f"not a git checkout of kd2m ({str(why).strip()[:200]})",
+        }
+    return {"commit": commit, "dirty": bool(status.strip()), "error": None}
 
 
 def _environment(device: torch.device) -> dict:
@@ -283,6 +402,7 @@ def _environment(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
+        "pid": os.getpid(),
     }
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
@@ -297,18 +417,36 @@ def _environment(device: torch.device) -> dict:
     from kd2m import __version__
 
     versions["kd2m"] = __version__
-    return {"hardware": hw, "versions": versions}
+    return {"hardware": hw, "versions": versions, "git": git_state()}
+
+
+_DATA_MEMO: dict = {}  # the last dataset read, so that a run and its teacher read it once
 
 
 def _load_data(cfg: RunConfig, root: Path, folder, download: bool):
-    data = load_data(
-        cfg.dataset,
-        source=cfg.source,
-        root=root,
-        folder=folder,
-        download=download,
-        image_size=cfg.image_size,
-    )
+    """The data of ``cfg`` (subset included), through kd2m.data's verified cache. The last
+    full dataset read from torchvision's files or an archive is kept in memory, keyed by
+    where it came from (and the archive's size and modification time); an image folder is
+    listed again on every call (kd2m.data keys its cache on the listing). An image folder
+    of one's own must hold the images the config was made from (``data_sha256``)."""
+    where = None if folder is None else Path(folder)
+    stamp = None
+    if where is not None and where.is_file():
+        st = where.stat()
+        stamp = (str(where.resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(Path(root).resolve()), cfg.dataset, cfg.source, str(where), stamp, cfg.image_size)
+    data = _DATA_MEMO.get(key) if where is None or stamp is not None else None
+    if data is None:
+        data = load_data(
+            cfg.dataset,
+            source=cfg.source,
+            root=root,
+            folder=folder,
+            download=download,
+            image_size=cfg.image_size,
+        )
+        _DATA_MEMO.clear()
+        _DATA_MEMO[key] = data
     found = data.provenance.get("content_sha256")
     if cfg.data_sha256 is not None and found != cfg.data_sha256:
         raise ValueError(
@@ -328,15 +466,55 @@ def _build(cfg: RunConfig, num_classes: int):
     )
 
 
+def _verified_file(cfg: RunConfig, root, name: str) -> Path:
+    """``<run dir>/<name>`` of a finished run, after checking it against the sha256 that the
+    run's record stores; raises naming the file and the way out otherwise."""
+    d = run_dir(cfg, root)
+    rec_path, path = d / "record.json", d / name
+    if not rec_path.exists():
+        raise FileNotFoundError(
+            f"{rec_path} does not exist: train the run first with "
+            f"kd2m.runs.run(config) (run {cfg.name})"
+        )
+    rec = load_record(rec_path)
+    if rec.get("status") != "finished":
+        raise FileNotFoundError(
+            f"run {d} is not finished ({rec.get('status')}): kd2m.runs.run(config) resumes it"
+        )
+    files = rec.get("files") or {}
+    if rec.get("format") == RECORD_FORMAT and name not in files:
+        raise FileNotFoundError(
+            f"run {cfg.name} stores no {name} (only students distilled "
+            "from a teacher keep a monitor)"
+        )
+    if name not in files:
+        raise FileError(
+            path,
+            f"{rec_path} has format {rec.get('format')}, which stores no "
+            f"sha256 of {name}: kd2m.runs.run(config) trains the run again",
+        )
+    if not path.is_file() or file_sha256(path) != files[name]:
+        raise FileError(
+            path,
+            f"{path} is missing or differs from the sha256 stored in "
+            f"{rec_path}: kd2m.runs.run(config) notices it and trains the run "
+            "again",
+        )
+    return path
+
+
 def load_model(cfg: RunConfig, root: Path | str | None = None, device="cpu"):
     """The trained network of a finished run (and its projector, or None), in eval mode.
 
-    Leaves the global random state as it found it."""
-    d = run_dir(cfg, root)
-    path = d / "model.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run(config) first (run {cfg.name})")
-    blob = torch.load(path, map_location=device, weights_only=True)
+    Leaves the global random state as it found it. ``model.pt`` is checked against the
+    sha256 in the run's record first."""
+    path = _verified_file(cfg, root, "model.pt")
+    blob = torch_load(
+        path,
+        f"delete {path.parent} and rerun to train the run again",
+        map_location=device,
+        weights_only=True,
+    )
     projector = None
     with torch.random.fork_rng(devices=[]):  # weights are loaded: the init's draws are undone
         model = _build(cfg, blob["num_classes"]).to(device)
@@ -354,11 +532,104 @@ def load_monitor(cfg: RunConfig, root: Path | str | None = None) -> dict:
     """Per-epoch features of the monitored test images (class-balanced, see
     ``_monitor_indices``): ``{"indices", "labels", "epochs": [student features per epoch
     (float16; projected into the teacher's space when sizes differ)], "teacher": teacher
-    features (float32), "head": [(W, b) of the student head per epoch]}``, on the CPU."""
-    path = run_dir(cfg, root) / "monitor.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run(config) first (run {cfg.name})")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    features (float32), "head": [(W, b) of the student head at the end of each epoch]}``, on
+    the CPU. ``monitor.pt`` is checked against the sha256 in the run's record first."""
+    path = _verified_file(cfg, root, "monitor.pt")
+    return torch_load(
+        path,
+        f"delete {path.parent} and rerun to train the run again",
+        map_location="cpu",
+        weights_only=True,
+    )
+
+
+class DataMismatchError(ValueError):
+    """A stored run was made from other data (content sha256) than the data given now."""
+
+
+def _check_same_data(rec: dict, data, rec_path: Path) -> None:
+    stored = (rec.get("data") or {}).get("content_sha256")
+    now = data.provenance.get("content_sha256")
+    if stored is not None and stored != now:
+        given = data.provenance.get("archive") or data.provenance.get("path")
+        raise DataMismatchError(
+            f"{rec_path} was made from other data (content sha256 {stored[:12]}, read from "
+            f"{rec['data'].get('archive') or rec['data'].get('path')}) than the data given now "
+            f"({now[:12]}, from {given}): pass the data it was made from, or delete "
+            f"{rec_path.parent} to train the run on this data"
+        )
+
+
+def _files_problem(rec: dict, d: Path, teacher_rec: dict | None) -> str | None:
+    """None when the finished record's files are there with the sha256 it stores (and its
+    teacher's weights are those it distilled); else what is wrong."""
+    if rec.get("format") != RECORD_FORMAT:
+        return (
+            f"its record has format {rec.get('format')} (no checksums, monitors from "
+            "before per-epoch heads)"
+        )
+    files = rec.get("files") or {}
+    if "model.pt" not in files:
+        return "its record stores no sha256 of model.pt"
+    for name, sha in files.items():
+        if not (d / name).is_file():
+            return f"{d / name} is missing"
+        if file_sha256(d / name) != sha:
+            return f"{d / name} differs from the sha256 stored in its record"
+    if (
+        teacher_rec is not None
+        and (rec.get("teacher") or {}).get("model_sha256") != teacher_rec["files"]["model.pt"]
+    ):
+        return f"its teacher {teacher_rec['name']} was trained again since"
+    return None
+
+
+def _reusable_record(d: Path, data, teacher_rec: dict | None, repair: bool) -> dict | None:
+    """The finished, verified record in ``d``, or None. A record made from other data raises
+    :class:`DataMismatchError`. With ``repair``, a finished record that fails its checks is
+    removed (with its files) after a warning, so that the run is trained again."""
+    rec_path = d / "record.json"
+    if not rec_path.exists():
+        return None
+    rec = load_record(rec_path)
+    _check_same_data(rec, data, rec_path)
+    if rec.get("status") != "finished":
+        return None
+    problem = _files_problem(rec, d, teacher_rec)
+    if problem is None:
+        return rec
+    if repair:
+        warnings.warn(
+            f"run {d} is recorded as finished but {problem}: training it again", stacklevel=3
+        )
+        for name in ("record.json", "model.pt", "monitor.pt", "checkpoint.pt"):
+            (d / name).unlink(missing_ok=True)
+    return None
+
+
+def _resume_state(d: Path, dev: torch.device) -> dict | None:
+    """The checkpoint of an interrupted run, if its sha256 is the one its record stores;
+    otherwise (corrupt, or from an older kd2m) it is deleted with a warning and the run
+    starts again from epoch 1."""
+    ckpt, rec_path = d / "checkpoint.pt", d / "record.json"
+    if not ckpt.exists():
+        return None
+    rec = load_record(rec_path) if rec_path.exists() else {}
+    sha = (rec.get("files") or {}).get("checkpoint.pt")
+    if rec.get("format") != RECORD_FORMAT or sha is None or file_sha256(ckpt) != sha:
+        warnings.warn(
+            f"{ckpt} does not match the sha256 stored in {rec_path} (corrupt, or "
+            "written by an older kd2m): starting the run again from epoch 1",
+            stacklevel=3,
+        )
+        ckpt.unlink()
+        return None
+    return torch_load(
+        ckpt,
+        f"delete {ckpt} and rerun (the run starts again from epoch 1)",
+        map_location=dev,
+        weights_only=False,
+    )
 
 
 def run(
@@ -367,18 +638,25 @@ def run(
     root: Path | str | None = None,
     folder: str | Path | None = None,
     download: bool = False,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     progress: bool | None = None,
     stop_after: int | None = None,
 ) -> dict:
     """Return the record of ``cfg``, training it (and its teacher) first if needed.
 
-    A finished run is loaded, not retrained. An interrupted one resumes from its checkpoint.
+    A finished run is loaded, not retrained, once its files match the sha256 its record
+    stores and its data (content sha256) is the data given now; a finished record whose
+    weights are missing or differ is trained again (with a warning), one made from other
+    data raises :class:`DataMismatchError`. An interrupted run resumes from its checkpoint
+    (when the checkpoint matches its record). Processes asking for the same run train it
+    once: the others wait for the run directory's lock, then load the record.
     ``stop_after=k`` stops after epoch ``k`` as a kill would (for tests), leaving a
     ``"running"`` record and a checkpoint. ``progress=None`` reads ``$KD2M_PROGRESS``
     (``0`` turns bars off), default on.
 
-    The steps: :func:`_prepare` (data, loaders, networks, distiller, monitor), then
+    The steps: the teacher (``run`` of it), the data and the reuse check
+    (:func:`_reusable_record`); then, under the run directory's lock, :func:`_prepare`
+    (loaders, networks, distiller, monitor),
     :func:`_resume` (the checkpoint, if any), :func:`_train` (Algorithm 1, with
     :func:`_monitor_epoch` and :func:`_save_epoch` after every epoch) and :func:`_finish`
     (weights, monitor and the finished record).
@@ -388,18 +666,29 @@ def run(
     root = Path(root) if root is not None else data_root()
     if progress is None:
         progress = os.environ.get("KD2M_PROGRESS", "1") not in ("0", "false", "no")
-    rec_path = run_dir(cfg, root) / "record.json"
-    if rec_path.exists():
-        rec = load_record(rec_path)
-        if rec["status"] == "finished":
+    dev = resolve_device(device)  # a device that cannot train fails before any work
+    teacher_rec = None
+    if cfg.teacher is not None:
+        teacher_rec = run(
+            cfg.teacher, root=root, folder=folder, download=download, device=dev, progress=progress
+        )
+    data = _load_data(cfg, root, folder, download)
+    d = run_dir(cfg, root)
+    rec = _reusable_record(d, data, teacher_rec, repair=False)
+    if rec is not None:
+        return rec
+    probe_writable(d)  # a read-only or full store fails now, not after the first epoch
+    with path_lock(d / "run.lock", f"run {cfg.name}"):
+        rec = _reusable_record(d, data, teacher_rec, repair=True)  # finished while we waited?
+        if rec is not None:
             return rec
-    job = _prepare(cfg, root, folder=folder, download=download, device=device, progress=progress)
-    state = _resume(job)
-    try:
-        history = _train(job, state, progress=progress, stop_after=stop_after)
-    except _Stopped:
-        return load_record(rec_path)
-    return _finish(job, history)
+        job = _prepare(cfg, root, data=data, teacher_rec=teacher_rec, folder=folder, dev=dev)
+        state = _resume(job)
+        try:
+            history = _train(job, state, progress=progress, stop_after=stop_after)
+        except _Stopped:
+            return load_record(job.rec_path)
+        return _finish(job, history)
 
 
 @dataclass
@@ -440,24 +729,18 @@ class _Job:
 
 
 def _prepare(
-    cfg: RunConfig, root: Path, *, folder, download: bool, device: str, progress: bool
+    cfg: RunConfig,
+    root: Path,
+    *,
+    data: ImageData,
+    teacher_rec: dict | None,
+    folder,
+    dev: torch.device,
 ) -> _Job:
-    """Step 1: the teacher's record (trained first if needed), the data and its loaders,
-    the student, the distiller and the monitor's fixed test images."""
-    dev = resolve_device(device)
+    """Step 1 (the teacher trained and the data read by :func:`run`): the loaders, the
+    student, the distiller and the monitor's fixed test images."""
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: pick the fastest kernels
-    teacher_rec = None
-    if cfg.teacher is not None:
-        teacher_rec = run(
-            cfg.teacher,
-            root=root,
-            folder=folder,
-            download=download,
-            device=device,
-            progress=progress,
-        )
-    data = _load_data(cfg, root, folder, download)
     hflip = data.info.hflip if cfg.hflip is None else cfg.hflip
     loader_kw: dict = {"device": dev, "channels_last": dev.type == "cuda"}
     train_loader = Loader.from_data(
@@ -535,12 +818,12 @@ def _attach_teacher(job: _Job, root: Path) -> None:
 
 
 def _resume(job: _Job) -> dict | None:
-    """Step 2: the resumable state of an interrupted run (None for a fresh one); restores
-    the monitor, the start time and the wall time spent before the interruption."""
+    """Step 2: the resumable state of an interrupted run (None for a fresh one, or when the
+    checkpoint does not match its record); restores the monitor, the start time and the
+    wall time spent before the interruption."""
     job.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    state = None
-    if job.ckpt_path.exists():
-        state = torch.load(job.ckpt_path, map_location=job.dev, weights_only=False)
+    state = _resume_state(job.dir, job.dev)
+    if state is not None:
         job.monitor = state.pop("monitor")
         job.started = state.pop("started")
         job.wall_before = state.pop("wall_seconds")
@@ -594,23 +877,28 @@ def _monitor_epoch(job: _Job, row: dict) -> None:
     row["test_feature_w2"] = float(wasserstein(zs.double(), teacher_feats.double()))
     row["test_feature_gap"] = float((zs - teacher_feats).norm(dim=1).mean())
     job.monitor["epochs"].append(zs.half())
-    head = job.model.head
+    head = job.model.head  # copies: .float().cpu() of a CPU float32 tensor is the tensor itself
     job.monitor["head"].append(
-        (head.weight.detach().float().cpu(), head.bias.detach().float().cpu())
+        (
+            head.weight.detach().to("cpu", torch.float32, copy=True),
+            head.bias.detach().to("cpu", torch.float32, copy=True),
+        )
     )
 
 
 def _save_epoch(job: _Job, st: dict) -> None:
-    """The checkpoint (resumable state, monitor, start and wall time) and the running record."""
+    """The checkpoint (resumable state, monitor, start and wall time) and the running record
+    with the checkpoint's sha256."""
     wall = job.wall()
     atomic_torch_save(
         st | {"monitor": job.monitor, "started": job.started, "wall_seconds": wall}, job.ckpt_path
     )
-    atomic_json(_record(job, st["history"], "running", wall), job.rec_path)
+    files = {"checkpoint.pt": file_sha256(job.ckpt_path)}
+    atomic_json(_record(job, st["history"], "running", wall, files), job.rec_path)
 
 
-def _record(job: _Job, history: list[dict], status: str, wall: float) -> dict:
-    """The JSON record of ``job`` with ``history`` so far."""
+def _record(job: _Job, history: list[dict], status: str, wall: float, files: dict) -> dict:
+    """The JSON record of ``job`` with ``history`` so far and the sha256 of its ``files``."""
     cfg, data, teacher_rec = job.cfg, job.data, job.teacher_rec
     final = (
         {k: history[-1][k] for k in ("test_acc", "test_ce", "train_acc", "train_ce")}
@@ -631,6 +919,7 @@ def _record(job: _Job, history: list[dict], status: str, wall: float) -> dict:
             "name": teacher_rec["name"],
             "hash": teacher_rec["hash"],
             "test_acc": teacher_rec["final"]["test_acc"],
+            "model_sha256": teacher_rec["files"]["model.pt"],
         },
         "data": data.provenance
         | {
@@ -642,12 +931,13 @@ def _record(job: _Job, history: list[dict], status: str, wall: float) -> dict:
         **job.env,
         "started": job.started,
         "wall_seconds": wall,
+        "files": files,
     }
 
 
 def _finish(job: _Job, history: list[dict]) -> dict:
-    """Step 4: the final weights (and projector), the monitor, the finished record; the
-    checkpoint is removed last."""
+    """Step 4: the final weights (and projector), the monitor, the finished record with
+    their sha256; the checkpoint is removed last."""
     wall = job.wall()
     proj = job.distiller.projector if job.distiller is not None else None
     atomic_torch_save(
@@ -659,9 +949,11 @@ def _finish(job: _Job, history: list[dict]) -> dict:
         },
         job.dir / "model.pt",
     )
+    files = {"model.pt": file_sha256(job.dir / "model.pt")}
     if job.teacher_feats is not None:
         atomic_torch_save(job.monitor, job.dir / "monitor.pt")
-    rec = _record(job, history, "finished", wall)
+        files["monitor.pt"] = file_sha256(job.dir / "monitor.pt")
+    rec = _record(job, history, "finished", wall, files)
     atomic_json(rec, job.rec_path)
     job.ckpt_path.unlink(missing_ok=True)
     return rec

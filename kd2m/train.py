@@ -53,12 +53,37 @@ def resolve_device(device: str | torch.device = "auto", *, allow_mps: bool = Tru
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
-    except RuntimeError as exc:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
         raise ValueError(
             f"device={device!r} is not a torch device (expected 'auto', 'cpu', "
             "'cuda', 'cuda:N' or 'mps')"
         ) from exc
+    _check_available(dev, device)
+    return dev
+
+
+def _check_available(dev: torch.device, asked) -> None:
+    """Raise ValueError, before any work, when ``dev`` cannot train here."""
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(
+            f"device={asked!r} cannot train (its tensors hold no data or it is "
+            "not supported): use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        )
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={asked!r} but no CUDA GPU is available here (torch "
+                f"{torch.__version__}, CUDA build {torch.version.cuda}): use "
+                "device 'cpu' or 'auto'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={asked!r} but only {torch.cuda.device_count()} CUDA device(s) exist here"
+            )
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and (mps is None or not mps.is_available()):
+        raise ValueError(f"device={asked!r} but MPS is not available here: use 'cpu' or 'auto'")
 
 
 def _autocast(device: torch.device):

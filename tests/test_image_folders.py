@@ -23,6 +23,7 @@ import torchvision.datasets as tvd
 from PIL import Image
 
 import kd2m.data as kdata
+from kd2m._io import FileError
 from kd2m.data import (
     DATASETS,
     DataNotFoundError,
@@ -241,12 +242,12 @@ def test_folder_errors_name_the_problem(tmp_path, monkeypatch):
     tree = tmp_path / "broken"
     _write_folder(tree, ["a", "b"], {"train": [("L", (8, 8))], "test": [("L", (8, 8))]})
     (tree / "train" / "a" / "000.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="000.png: not a readable image"):
+    with pytest.raises(FileError, match="cannot decode image .*000.png .*delete the file"):
         load_data(folder=tree, root=root)
     monkeypatch.setattr(kdata, "PARALLEL_MIN_IMAGES", 1)  # the same from a worker process
     monkeypatch.setattr(kdata, "DECODE_CHUNK", 1)
     monkeypatch.setattr(kdata.os, "cpu_count", lambda: 2)
-    with pytest.raises(ValueError, match="000.png: not a readable image"):
+    with pytest.raises(FileError, match="cannot decode image .*000.png .*delete the file"):
         load_data(folder=tree, root=root)
     with pytest.raises(DataNotFoundError, match="does not exist"):
         load_data(folder=tmp_path / "missing", root=root)
