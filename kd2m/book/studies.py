@@ -38,6 +38,7 @@ import torch
 
 from kd2m import metrics as M
 from kd2m import theory
+from kd2m.book import style
 from kd2m.train import resolve_device
 
 __all__ = [
@@ -548,27 +549,28 @@ def convergence_claims(result: dict, *, empirical_range=(-0.8, -0.2)) -> list[Cl
 
 def plot_convergence(result: dict):
     """Log-log plot of mean |estimate - truth| against the batch size, with fitted rates."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    sizes = result["sizes"]
-    for (name, err), marker in zip(result["mean_abs_error"].items(), "os", strict=False):
-        slope, icpt = result["rate"][name], result["intercept"][name]
-        (line,) = ax.loglog(
-            sizes, err, marker=marker, ls="none", label=f"{name}: fitted rate $n^{{{slope:.2f}}}$"
-        )
-        ax.loglog(sizes, np.exp(icpt) * sizes**slope, color=line.get_color(), lw=1)
-    ax.set_xlabel("batch size n (samples per distribution)")
-    ax.set_ylabel(r"mean $|\widehat{W}_2^2 - W_2^2|$ over repeats")
-    ax.set_title(
-        f"Two Gaussians in d={result['d']}: true $W_2^2$ = {result['truth']:.3f}, "
-        f"{result['repeats']} repeats"
-    )
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    with style.figure_style():
+        fig, ax = style.new_figure(height=3.6)
+        sizes = result["sizes"]
+        for (name, err), marker, color in zip(
+            result["mean_abs_error"].items(), "os", style.OKABE_ITO, strict=False
+        ):
+            slope, icpt = result["rate"][name], result["intercept"][name]
+            ax.loglog(
+                sizes,
+                err,
+                marker=marker,
+                ls="none",
+                color=color,
+                label=f"{name}: fitted rate $n^{{{slope:.2f}}}$",
+            )
+            ax.loglog(sizes, np.exp(icpt) * sizes**slope, color=color, lw=1)
+        ax.set_xlabel("batch size n (samples per distribution)")
+        ax.set_ylabel(r"mean $|\widehat{W}_2^2 - W_2^2|$")
+        ax.set_title(f"two Gaussians in d = {result['d']}, true $W_2^2$ = {result['truth']:.3f}")
+        ax.legend(loc="lower left")
+        ax.grid(True, which="major", alpha=0.3)
+        return style.finish(fig, close=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -646,21 +648,18 @@ def kl_regularisation_claims(result: dict) -> list[Claim]:
 
 def plot_kl_regularisation(result: dict):
     """KL value against n / d (log-log), per regularisation, with the population KL."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for (name, v), marker in zip(result["values"].items(), "o^v<>", strict=False):
-        ax.loglog(result["ratios"], v, marker=marker, label=name)
-    ax.axhline(result["truth"], color="k", ls="--", lw=1, label="population KL")
-    ax.axvline(1.0, color="grey", ls=":", lw=1)
-    ax.set_xlabel("n / d (batch size over feature dimension)")
-    ax.set_ylabel(r"KL$(\mathcal{N}_S \,\|\, \mathcal{N}_T)$ on ML fits")
-    ax.set_title(f"Gaussian KL (eq. 7) in d={result['d']}")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    with style.figure_style():
+        fig, ax = style.new_figure(height=3.6)
+        for (name, v), marker in zip(result["values"].items(), "o^v<>", strict=False):
+            ax.loglog(result["ratios"], v, marker=marker, label=name)
+        ax.axhline(result["truth"], color="k", ls="--", lw=1, label="population KL")
+        ax.axvline(1.0, color="grey", ls=":", lw=1)
+        ax.set_xlabel("n / d (batch size over feature dimension)")
+        ax.set_ylabel(r"KL$(\mathcal{N}_S \,\|\, \mathcal{N}_T)$ on ML fits")
+        ax.set_title(f"Gaussian KL (eq. 7), d = {result['d']}")
+        ax.legend(loc="upper right")
+        ax.grid(True, which="major", alpha=0.3)
+        return style.finish(fig, close=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -738,45 +737,44 @@ def joint_beta_claims(result: dict, *, rtol: float = 1e-6) -> list[Claim]:
 
 def plot_joint_beta(result: dict):
     """Joint Wasserstein against beta > 0 (log x axis), between its two limits."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    betas = result["betas"]
-    positive = betas > 0  # beta = 0 is the horizontal line of eq. (3)
-    ax.semilogx(
-        betas[positive],
-        result["values"][positive],
-        marker="o",
-        label=r"joint $W$ (eq. 5), one-hot $\ell_Y$",
-    )
-    ax.axhline(
-        result["wasserstein"],
-        color="C1",
-        ls="--",
-        lw=1,
-        label=r"$W_2^2$ (eq. 3) = joint $W$ at $\beta = 0$",
-    )
-    ax.axhline(
-        result["class_conditional"],
-        color="C2",
-        ls="--",
-        lw=1,
-        label=r"class-conditional $W$ (eq. 4)",
-    )
-    ax.plot(
-        [result["default_beta"]],
-        [result["default_value"]],
-        marker="*",
-        ms=12,
-        ls="none",
-        color="C3",
-        label=r"default $\beta$ = mean feature cost",
-    )
-    ax.set_xlabel(r"label weight $\beta$")
-    ax.set_ylabel("value")
-    ax.set_title("Joint Wasserstein interpolates between eq. 3 and eq. 4")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    c = style.OKABE_ITO
+    with style.figure_style():
+        fig, ax = style.new_figure(height=3.6)
+        betas = result["betas"]
+        positive = betas > 0  # beta = 0 is the horizontal line of eq. (3)
+        ax.semilogx(
+            betas[positive],
+            result["values"][positive],
+            marker="o",
+            color=c[0],
+            label=r"joint $W$ (eq. 5), one-hot $\ell_Y$",
+        )
+        ax.axhline(
+            result["wasserstein"],
+            color=c[1],
+            ls="--",
+            lw=1.5,
+            label=r"$W_2^2$ (eq. 3) = joint $W$ at $\beta = 0$",
+        )
+        ax.axhline(
+            result["class_conditional"],
+            color=c[2],
+            ls="-.",
+            lw=1.5,
+            label=r"class-conditional $W$ (eq. 4)",
+        )
+        ax.plot(
+            [result["default_beta"]],
+            [result["default_value"]],
+            marker="*",
+            ms=12,
+            ls="none",
+            color=c[3],
+            label=r"default $\beta$ = mean feature cost",
+        )
+        ax.set_xlabel(r"label weight $\beta$")
+        ax.set_ylabel("value")
+        ax.set_title("joint Wasserstein between eq. 3 and eq. 4")
+        ax.legend(loc="center left")
+        ax.grid(True, which="major", alpha=0.3)
+        return style.finish(fig, close=True)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from kd2m import theory
+from kd2m.book import style
 from kd2m.data import stratified_counts
 
 __all__ = [
@@ -246,53 +247,55 @@ def convergence_frame(results: Mapping[Any, theory.W2Convergence]):
 def convergence_figure(results: Mapping[Any, theory.W2Convergence]):
     """Left: empirical ``W_2`` (mean ± std over repeats) against ``n``, with the closed form
     (eq. 6) as a horizontal line. Right: ``|W_2 empirical - closed form|`` on log-log axes
-    with the least-squares line ``log err = a + slope log n`` (slope in the legend)."""
-    import matplotlib.pyplot as plt
+    with the least-squares line ``log err = a + slope log n`` (slope in the legend). Two
+    panels at the column's width, each legend under its panel."""
     from matplotlib.ticker import NullLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
-    for i, (label, c) in enumerate(results.items()):
-        color = f"C{i}"
-        n = np.asarray(c.sizes, float)
-        m, s = np.asarray(c.mean), np.asarray(c.std)
-        axes[0].errorbar(
-            n, m, yerr=s, marker="o", ms=4, capsize=3, color=color, label=f"{label}: empirical"
-        )
-        axes[0].axhline(
-            c.closed_form,
-            color=color,
-            ls="--",
-            lw=1,
-            label=f"{label}: closed form {c.closed_form:.3f}",
-        )
-        axes[1].loglog(n, c.abs_error, "o", color=color, label=f"{label}: |error|")
-        if math.isfinite(c.slope):
-            grid = np.geomspace(n.min(), n.max(), 50)
-            axes[1].loglog(
-                grid,
-                np.exp(c.intercept) * grid**c.slope,
-                "-",
-                color=color,
-                lw=1,
-                label=f"{label}: fit n^{c.slope:.2f}",
+    with style.figure_style():
+        fig, axes = style.new_figure(1, 2, height=3.6)
+        for i, (label, c) in enumerate(results.items()):
+            color = style.OKABE_ITO[i % len(style.OKABE_ITO)]
+            n = np.asarray(c.sizes, float)
+            m, s = np.asarray(c.mean), np.asarray(c.std)
+            axes[0].errorbar(
+                n, m, yerr=s, marker="o", capsize=3, color=color, label=f"{label}: empirical"
             )
-    axes[0].set(
-        xscale="log",
-        xlabel="n (samples per Gaussian)",
-        ylabel="W2 (not squared)",
-        title="empirical W2 vs closed form (eq. 6)",
-    )
-    axes[1].set(
-        xlabel="n (samples per Gaussian)",
-        ylabel="mean |W2_n - W2|",
-        title="estimation error, log-log",
-    )
-    sizes = sorted({int(n) for c in results.values() for n in c.sizes})
-    for ax in axes:
-        ax.set_xticks(sizes, [str(n) for n in sizes])
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.legend(fontsize=7)
-    return fig
+            axes[0].axhline(
+                c.closed_form,
+                color=color,
+                ls="--",
+                lw=1,
+                label=f"{label}: closed form {c.closed_form:.3f}",
+            )
+            axes[1].loglog(n, c.abs_error, "o", color=color, label=f"{label}: |error|")
+            if math.isfinite(c.slope):
+                grid = np.geomspace(n.min(), n.max(), 50)
+                axes[1].loglog(
+                    grid,
+                    np.exp(c.intercept) * grid**c.slope,
+                    "-",
+                    color=color,
+                    lw=1,
+                    label=f"{label}: fit $n^{{{c.slope:.2f}}}$",
+                )
+        axes[0].set(
+            xscale="log",
+            xlabel="n (samples per Gaussian)",
+            ylabel="$W_2$ (not squared)",
+            title="empirical vs closed form",
+        )
+        axes[1].set(
+            xlabel="n (samples per Gaussian)",
+            ylabel=r"mean $|W_{2,n} - W_2|$",
+            title="error, log-log",
+        )
+        sizes = sorted({int(n) for c in results.values() for n in c.sizes})
+        for ax in axes:
+            ax.set_xticks(sizes, [str(n) for n in sizes])
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.tick_params(axis="x", labelrotation=45 if len(sizes) > 5 else 0)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.32), ncols=1, frameon=False)
+        return style.finish(fig)
 
 
 def synthetic_features(
@@ -337,27 +340,36 @@ def sweep_figure(reports: Mapping[float, theory.BoundReport]):
     """``|R_S - R_T|`` and the three right-hand sides of Theorem 4.1 (times ``Lip``) against
     the student's perturbation ``eps``, log-log: all go to 0 with ``eps`` (the theorem's
     consequence: ``g_S -> g_T`` uniformly implies equal risks)."""
-    import matplotlib.pyplot as plt
-
     eps = np.array(sorted(e for e in reports if e > 0))
     rep = [reports[e] for e in eps]
-    fig, ax = plt.subplots(figsize=(5.6, 3.8), constrained_layout=True)
-    ax.loglog(eps, [abs(r.risk_gap) for r in rep], "o-", color="black", label="|R_S - R_T|")
-    for key, label, c in (
-        ("W1_labelled", "Lip · W1_labelled", "C0"),
-        ("coupling_gap", "Lip · mean ||zS - zT||", "C1"),
-        ("max_gap", "Lip · max ||zS - zT||", "C2"),
-    ):
-        ax.loglog(
-            eps, [r.lipschitz * getattr(r, key) for r in rep], "s--", color=c, ms=4, label=label
+    with style.figure_style():
+        fig, ax = style.new_figure(height=3.4)
+        ax.loglog(eps, [abs(r.risk_gap) for r in rep], "o-", color="black", label="|R_S − R_T|")
+        for (key, label), c, mk in zip(
+            (
+                ("W1_labelled", "Lip · W1 (label-aware)"),
+                ("coupling_gap", "Lip · mean ||zS − zT||"),
+                ("max_gap", "Lip · max ||zS − zT||"),
+            ),
+            style.OKABE_ITO,
+            "s^D",
+            strict=False,
+        ):
+            ax.loglog(
+                eps,
+                [r.lipschitz * getattr(r, key) for r in rep],
+                ls="--",
+                marker=mk,
+                color=c,
+                label=label,
+            )
+        ax.set(
+            xlabel="student perturbation ε",
+            ylabel="risk gap, bound",
+            title="synthetic student → teacher",
         )
-    ax.set(
-        xlabel="student perturbation eps",
-        ylabel="risk gap / bound",
-        title="synthetic student -> teacher",
-    )
-    ax.legend(fontsize=8)
-    return fig
+        ax.legend(loc="upper left")
+        return style.finish(fig)
 
 
 def swapped_labels_example() -> theory.BoundReport:
@@ -486,45 +498,44 @@ def epoch_frame(
 
 
 _TITLES = {
-    "W1": "W1 (plain, features only)",
-    "W1_labelled": "W1_labelled",
-    "coupling_gap": "coupling gap  mean ||zS - zT||",
-    "max_gap": "max gap  max ||zS - zT||",
-    "abs_risk_gap": "risk gap (solid) vs Lip · W1_labelled (dashed)",
-    "lip_W1_labelled": "ratio |risk gap| / (Lip · W1_labelled)",
+    "W1": "W1 (features only)",
+    "W1_labelled": "W1, label-aware",
+    "coupling_gap": "mean ||zS − zT||",
+    "max_gap": "max ||zS − zT||",
+    "abs_risk_gap": "|risk gap| (—), bound (--)",
+    "lip_W1_labelled": "|risk gap| / bound",
 }
 
 
 def plot_bounds_over_epochs(reports: Mapping[str, Sequence[theory.BoundReport]]):
-    """2 x 3 panels over the training epochs, one colour per student: ``W1``,
+    """3 x 2 panels over the training epochs, one colour per student: ``W1``,
     ``W1_labelled``, the coupling gap, the max gap (transport terms); the risk gap under the
     teacher's head (solid) with its bound ``Lip * W1_labelled`` (dashed, log scale: they
     differ by orders of magnitude); and the ratio gap / bound (how much of the bound is
-    used)."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
+    used). Integer epoch ticks, one legend (the students) above the panels."""
     df = epoch_frame(reports)
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7), constrained_layout=True)
-    axes = axes.ravel()
-    for i, student in enumerate(reports):
-        sub = df.loc[student]
-        ep = sub.index.to_numpy()
-        c = f"C{i}"
-        for ax, key in zip(axes[:4], EPOCH_QUANTITIES[:4], strict=True):
-            ax.plot(ep, sub[key], "o-", ms=3, color=c, label=student)
-        axes[4].plot(ep, sub["abs_risk_gap"], "o-", ms=3, color=c, label=f"{student}: gap")
-        axes[4].plot(ep, sub["lip_W1_labelled"], "s--", ms=3, color=c, label=f"{student}: bound")
-        axes[5].plot(ep, sub["gap_over_bound"], "o-", ms=3, color=c, label=student)
-    for ax, key in zip(axes, EPOCH_QUANTITIES, strict=True):
-        ax.set(title=_TITLES[key], xlabel="epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[4].set_yscale("log")
-    axes[5].set_ylim(bottom=0)
-    axes[0].legend(fontsize=8)
-    axes[4].legend(fontsize=7)
-    fig.suptitle("Theorem 4.1 on stored test features, teacher's head h_T fixed")
-    return fig
+    with style.figure_style():
+        fig, axes = style.new_figure(3, 2, height=7.2, sharex=True)
+        axes = axes.ravel()
+        for i, student in enumerate(reports):
+            sub = df.loc[student]
+            ep = sub.index.to_numpy()
+            c = style.OKABE_ITO[i % len(style.OKABE_ITO)]
+            for ax, key in zip(axes[:4], EPOCH_QUANTITIES[:4], strict=True):
+                ax.plot(ep, sub[key], "o-", color=c, label=student)
+            axes[4].plot(ep, sub["abs_risk_gap"], "o-", color=c, label=f"{student}: gap")
+            axes[4].plot(ep, sub["lip_W1_labelled"], "s--", color=c, label=f"{student}: bound")
+            axes[5].plot(ep, sub["gap_over_bound"], "o-", color=c, label=student)
+        for ax, key in zip(axes, EPOCH_QUANTITIES, strict=True):
+            ax.set(title=_TITLES[key])
+            style.integer_epochs(ax)
+        for ax in axes[4:]:
+            ax.set(xlabel="epoch")
+        axes[4].set_yscale("log")
+        axes[5].set_ylim(bottom=0)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside upper center", ncols=min(3, len(labels)))
+        return style.finish(fig)
 
 
 def summary_frame(
