@@ -209,8 +209,8 @@ def run_finished(rec: dict) -> bool:
 
 def results_records(folder: str | Path) -> dict[str, dict[str, list[dict]]]:
     """Committed records in ``folder`` grouped as :func:`table1_runs` returns them (rows
-    ``teacher``, ``baseline``, ``E1``..``G3``, in that order, by each record's role and metric). Empty when the
-    folder does not exist."""
+    ``teacher``, ``baseline``, ``E1``..``G3``, in that order, by each record's role and
+    metric). Empty when the folder does not exist."""
     if not Path(folder).is_dir():
         return {}
     row_of = {m: r for r, m in TABLE1_METRICS.items()}
