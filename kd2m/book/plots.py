@@ -178,7 +178,7 @@ def table1(
     parts.append("not run: no run of ours on that dataset; Avg of ours needs all three.")
     frame = pd.DataFrame(lines)
     return style.styled(frame, caption=" ".join(parts), drop_constant=False).set_table_styles(
-        [{"selector": "td", "props": "text-align: right; white-space: nowrap;"}], overwrite=False
+        [{"selector": "td", "props": "white-space: nowrap;"}], overwrite=False
     )
 
 

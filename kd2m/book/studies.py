@@ -29,7 +29,6 @@ Studies:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -107,23 +106,18 @@ def _claim_close(
     )
 
 
-def table(rows: list[dict]):
-    """``rows`` (a list of dicts) as a styled pandas table for the book.
+def table(rows: list[dict], *, caption: str | None = None):
+    """``rows`` (a list of dicts) as a styled pandas table for the book
+    (:func:`kd2m.book.style.styled`).
 
-    No index column, no truncated text, floats to 6 significant digits, missing values blank.
-    pandas is imported here, lazily: it belongs to the ``book`` extra, not to the core package.
+    No index column, one number format per column (fixed point, or scientific when a
+    column spans many decades), missing values blank, a column with the same value on
+    every row said once in the caption (after ``caption``). pandas is imported lazily: it
+    belongs to the ``book`` extra, not to the core package.
     """
     import pandas as pd
 
-    frame = pd.DataFrame(rows)
-    floats = [c for c in frame.columns if pd.api.types.is_float_dtype(frame[c])]
-    # HTML ids from the content, not random: re-running a notebook gives the same output
-    uuid = hashlib.sha1(frame.to_json().encode()).hexdigest()[:8]
-    return (
-        frame.style.set_uuid(uuid)
-        .hide(axis="index")
-        .format({c: "{:.6g}" for c in floats}, na_rep="")
-    )
+    return style.styled(pd.DataFrame(rows), caption=caption)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,9 +319,30 @@ def metric_table(
 # ----------------------------------------------------------------------------------------------
 
 
+def _numbers(details: dict) -> str:
+    """The numbers behind a claim as one short text (4 significant digits)."""
+
+    def fmt(v) -> str:
+        if isinstance(v, bool):
+            return str(v)
+        if isinstance(v, int | float | np.floating):
+            return f"{float(v):.4g}"
+        if isinstance(v, np.ndarray | list | tuple):
+            return "[" + ", ".join(fmt(x) for x in np.ravel(v)) + "]"
+        return str(v)
+
+    names = {"kd2m": "kd2m", "reference": "ref.", "relative error": "rel. err."}
+    text = ", ".join(f"{names.get(k, k)} {fmt(v)}" for k, v in details.items())
+    return text.replace("e-", "e\u2212")  # a minus sign: no line break inside a number
+
+
 def claims_table(claims: list[Claim]) -> list[dict]:
-    """The numbers behind ``claims``: one row per claim (statement, holds, details)."""
-    return [{"claim": c.statement, "holds": bool(c.holds)} | dict(c.details) for c in claims]
+    """The numbers behind ``claims``: one row per claim (``claim``, ``holds`` and
+    ``numbers``, the claim's details as one short text)."""
+    return [
+        {"claim": c.statement, "holds": bool(c.holds), "numbers": _numbers(dict(c.details))}
+        for c in claims
+    ]
 
 
 def closed_form_claims(d: int, seed: int, *, rtol: float = 1e-6, device="cpu") -> list[Claim]:
@@ -378,7 +393,7 @@ def closed_form_claims(d: int, seed: int, *, rtol: float = 1e-6, device="cpu") -
             1e-5,
         ),
         _claim_close(
-            "diagonal gaussian_wasserstein matches ||m_S-m_T||^2 + ||sigma_S-sigma_T||^2",
+            "diagonal gaussian_wasserstein = ||m_S-m_T||^2 + ||sigma_S-sigma_T||^2",
             g1_diag,
             diag_ref,
             rtol,
@@ -516,13 +531,21 @@ def convergence_study(d: int, n_max: int, repeats: int, seed: int, *, n_min: int
 
 
 def convergence_table(result: dict) -> list[dict]:
-    """Mean |error| per batch size and estimator, then the fitted rate, as table rows."""
-    rows = [
-        {"n": int(n)} | {name: float(err[j]) for name, err in result["mean_abs_error"].items()}
+    """Mean |error| per batch size and estimator, as table rows; the fitted rate of each
+    estimator is a column with one value (:func:`table` says it once, in the caption)."""
+    short = {"empirical W2^2 (eq. 3)": "empirical", "Gaussian plug-in W2^2 (eq. 6)": "plug-in"}
+    rates = {
+        f"fitted rate, {short.get(name, name)}": f"n^{r:.2f}" for name, r in result["rate"].items()
+    }
+    return [
+        {"n": int(n)}
+        | {
+            f"|error|, {name.replace('^2', '²')}": float(err[j])
+            for name, err in result["mean_abs_error"].items()
+        }
+        | rates
         for j, n in enumerate(result["sizes"])
     ]
-    rows.append({"n": "fitted rate"} | {name: round(r, 2) for name, r in result["rate"].items()})
-    return rows
 
 
 def convergence_claims(result: dict, *, empirical_range=(-0.8, -0.2)) -> list[Claim]:
@@ -540,7 +563,7 @@ def convergence_claims(result: dict, *, empirical_range=(-0.8, -0.2)) -> list[Cl
             {"first": e_emp[0], "last": e_emp[-1]},
         ),
         Claim(
-            "on Gaussian data the plug-in estimate is closer to the truth at the largest batch",
+            "Gaussian data: the plug-in is closer to the truth at the largest batch",
             bool(e_gau[-1] < e_emp[-1]),
             {"plug-in": e_gau[-1], "empirical": e_emp[-1]},
         ),
@@ -613,7 +636,7 @@ def kl_table(result: dict) -> list[dict]:
     """One row per batch size: n / d, n, the KL of each regularisation and the population KL."""
     return [
         {"n / d": float(r), "n": int(n)}
-        | {name: float(v[i]) for name, v in result["values"].items()}
+        | {f"KL, {name}": float(v[i]) for name, v in result["values"].items()}
         | {"population KL": result["truth"]}
         for i, (r, n) in enumerate(zip(result["ratios"], result["sizes"], strict=True))
     ]
@@ -716,8 +739,7 @@ def joint_beta_claims(result: dict, *, rtol: float = 1e-6) -> list[Claim]:
             rtol,
         ),
         _claim_close(
-            "joint_wasserstein at the largest beta equals the class-weighted mean of "
-            "per-class W2^2",
+            "joint_wasserstein at the largest beta = weighted mean of per-class W2^2",
             float(v[-1]),
             result["class_weighted"],
             rtol,

@@ -183,6 +183,7 @@ def styled(
     * the index is hidden unless ``hide_index`` is False (a meaningful index: row names);
     * HTML ids come from the content, so re-running a notebook gives the same output.
     """
+    import numpy as np
     import pandas as pd
 
     frame = frame.copy()
@@ -193,6 +194,10 @@ def styled(
             if col.map(repr).nunique() == 1:
                 v = col.iloc[0]
                 fmt = (constant_formats or {}).get(c) or (formats or {}).get(c)
+                if isinstance(v, bool | np.bool_):
+                    notes.append(f"{c}: {_yes_no(v)}")
+                    frame = frame.drop(columns=c)
+                    continue
                 if fmt is None and isinstance(v, float):
                     fmt = column_format([v])
                 text = fmt.format(v) if fmt and isinstance(v, int | float) else str(v)
@@ -203,6 +208,7 @@ def styled(
         if c in fmts:
             continue
         if pd.api.types.is_bool_dtype(frame[c]):
+            fmts[c] = _yes_no
             continue
         if pd.api.types.is_numeric_dtype(frame[c]):
             fmts[c] = column_format(frame[c].tolist())
@@ -219,11 +225,45 @@ def styled(
     text = "; ".join(x for x in (caption, "; ".join(notes)) if x)
     if text:
         sty = sty.set_caption(text)
-    sty = sty.set_table_styles(
-        [
-            {"selector": "caption", "props": "caption-side: top; text-align: left;"},
-            {"selector": "th", "props": "text-align: right;"},
-        ],
+    # numbers (and the cells of mostly-number columns such as "not run") to the right,
+    # text to the left, each header aligned with its column
+    right = {c for c in frame.columns if _numeric_column(frame[c])}
+    for c in frame.columns:
+        sty = sty.set_properties(subset=[c], **{"text-align": "right" if c in right else "left"})
+    sty = sty.map_index(
+        lambda v: f"text-align: {'right' if v in right else 'left'}", axis="columns"
+    )
+    return sty.set_table_styles(
+        [{"selector": "caption", "props": "caption-side: top; text-align: left;"}],
         overwrite=False,
     )
-    return sty
+
+
+def _yes_no(v) -> str:
+    return "yes" if bool(v) else "no"
+
+
+def _numeric_column(col) -> bool:
+    """True for a column of numbers, or of numeric text ("86.45", "61.00 ± 1.41") with
+    placeholders ("not run", "—", blanks)."""
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(col):
+        return False
+    if pd.api.types.is_numeric_dtype(col):
+        return True
+    seen = False
+    for v in col:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            seen = True
+            continue
+        text = str(v).strip()
+        if text in ("", "—", "not run", "nan"):
+            continue
+        head = text.split(" ± ")[0]
+        try:
+            float(head)
+        except ValueError:
+            return False
+        seen = True
+    return seen

@@ -36,27 +36,36 @@ from kd2m.data import stratified_counts
 __all__ = [
     "EPOCH_QUANTITIES",
     "all_reports_hold",
+    "bound_styled",
     "bound_table",
     "centred_lipschitz",
     "convergence_figure",
     "convergence_frame",
+    "convergence_styled",
+    "crosscheck_styled",
     "epoch_frame",
+    "epoch_styled",
     "example_gaussians",
     "head_accuracy",
     "looseness_ladder",
     "looseness_frame",
+    "looseness_styled",
     "monitor_arrays",
     "per_sample_ce",
     "plot_bounds_over_epochs",
     "realised_lipschitz",
     "report_extras",
+    "setup_text",
     "reports_over_epochs",
     "summary_frame",
+    "summary_styled",
     "sweep_figure",
+    "sweep_styled",
     "swapped_labels_example",
     "synthetic_features",
     "synthetic_sweep",
     "teacher_head",
+    "tightness_text",
     "violations",
     "w2_crosscheck",
 ]
@@ -645,3 +654,246 @@ def w2_crosscheck(records: Mapping[str, dict], monitors: Mapping[str, Mapping]):
                 }
             )
     return pd.DataFrame(rows).set_index(["student", "epoch"])
+
+
+# --------------------------------------------------------------------------- #
+# Tables and lines for the reader (Stylers, text of at most 80 characters)
+# --------------------------------------------------------------------------- #
+def _yes(v: Any) -> str:
+    return "yes" if bool(v) else "no"
+
+
+def bound_styled(report: theory.BoundReport, *, with_plain: bool = True, caption: str = ""):
+    """:func:`bound_table` for the reader: inequality, both sides, ``lhs / rhs``, whether it
+    holds and whether it is checked (the paper's literal step is shown, not checked)."""
+    import pandas as pd
+
+    df = bound_table(report, with_plain=with_plain).reset_index()
+    frame = pd.DataFrame(
+        {
+            "inequality (lhs <= rhs)": df["name"],
+            "lhs": df["lhs"],
+            "rhs": df["rhs"],
+            "lhs / rhs": df["ratio"],
+            "holds": df["holds"].map(_yes),
+            "checked": df["checked"].map(_yes),
+        }
+    )
+    return style.styled(
+        frame,
+        caption=caption or None,
+        formats={"lhs": "{:.4f}", "rhs": "{:.4f}", "lhs / rhs": "{:.3f}"},
+        drop_constant=False,
+    )
+
+
+def convergence_styled(results: Mapping[Any, theory.W2Convergence]):
+    """:func:`convergence_frame` for the reader: per case and ``n``, the empirical ``W_2``
+    (mean and std over repeats) and its error; the closed form and the fitted rate of each
+    case are said once in the caption."""
+    import pandas as pd
+
+    df = convergence_frame(results).reset_index()
+    notes = [
+        f"{label}: closed form W2 = {c.closed_form:.4f}, fitted rate n^{c.slope:.2f}"
+        for label, c in results.items()
+    ]
+    frame = pd.DataFrame(
+        {
+            "case": df["case"],
+            "n": df["n"],
+            "empirical W2 (mean)": df["empirical W2 (mean)"],
+            "std": df["std"],
+            "|error|": df["|error|"],
+        }
+    )
+    return style.styled(
+        frame,
+        caption="; ".join(notes) + ".",
+        formats={"empirical W2 (mean)": "{:.4f}", "std": "{:.4f}", "|error|": "{:.4f}"},
+        drop_constant=False,
+    )
+
+
+def sweep_styled(reports: Mapping[float, theory.BoundReport]):
+    """The risk gap and the three bounds of Theorem 4.1 per ``eps`` of
+    :func:`synthetic_sweep` (the numbers of :func:`sweep_figure`)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        [
+            {
+                "ε": e,
+                "|R_S − R_T|": abs(r.risk_gap),
+                "Lip·W1 (labels)": r.lipschitz * r.W1_labelled,
+                "Lip·mean gap": r.lipschitz * r.coupling_gap,
+                "Lip·max gap": r.lipschitz * r.max_gap,
+            }
+            for e, r in reports.items()
+        ]
+    )
+    fmt = "{:.4f}"
+    return style.styled(
+        frame, formats={"ε": "{:g}"} | {c: fmt for c in frame.columns[1:]}, drop_constant=False
+    )
+
+
+def summary_styled(summary):
+    """:func:`summary_frame` for the reader: one column per student, one line per quantity
+    (the frame transposed), each line with one format."""
+    t = summary.T
+    t.index.name = "quantity"
+    frame = t.reset_index()
+    sty = style.styled(frame, drop_constant=False)
+    for i, q in enumerate(t.index):
+        vals = t.loc[q].tolist()
+        fmt = "{:.2f}" if q.endswith("%") else style.column_format(vals)
+        sty = sty.format(fmt, subset=pd_index_slice(i, list(t.columns)), na_rep="")
+    return sty
+
+
+def pd_index_slice(row: int, cols: list):
+    """A Styler ``subset`` selecting row ``row`` (positional label of a RangeIndex) and
+    ``cols``."""
+    import pandas as pd
+
+    return pd.IndexSlice[[row], cols]
+
+
+_EPOCH_COLUMNS = {
+    "W1_labelled": ("W1 (labels)", "{:.3f}"),
+    "risk_teacher": ("R_T(h_T)", "{:.3f}"),
+    "risk_student": ("R_S(h_T)", "{:.3f}"),
+    "lip_W1_labelled": ("bound", "{:.3f}"),
+    "gap_over_bound": ("gap / bound", "{:.3f}"),
+    "own_test_acc": ("own acc (%)", "{:.2f}"),
+}
+
+
+def epoch_styled(epochs):
+    """:func:`epoch_frame` for the reader: per student and epoch, the label-aware ``W1``,
+    the two risks under ``h_T``, the bound ``Lip * W1_labelled``, the fraction of it that the
+    gap uses and (when the frame has it) the student's own test accuracy (%). Seven columns
+    at most; the other transport terms are in :func:`plot_bounds_over_epochs`."""
+    import pandas as pd
+
+    df = epochs.reset_index()
+    frame = pd.DataFrame({"student": df["student"], "epoch": df["epoch"]})
+    formats = {}
+    for key, (name, fmt) in _EPOCH_COLUMNS.items():
+        if key in df.columns:
+            frame[name] = 100 * df[key] if key == "own_test_acc" else df[key]
+            formats[name] = fmt
+    frame["student"] = [
+        s if i == 0 or s != prev else ""
+        for i, (s, prev) in enumerate(
+            zip(frame["student"], [None, *frame["student"][:-1]], strict=True)
+        )
+    ]
+    return style.styled(
+        frame,
+        caption="R: cross-entropy risk under the teacher's head h_T; bound: Lip · W1 (labels).",
+        formats=formats,
+        drop_constant=False,
+    )
+
+
+def looseness_styled(looseness):
+    """:func:`looseness_frame` for the reader: per student and step of the ladder, both sides,
+    their ratio and whether it holds; what each step costs is said once in the caption."""
+    import pandas as pd
+
+    df = looseness.reset_index()
+    steps = list(dict.fromkeys(df["rung"]))
+    costs = dict(zip(df["rung"], df["what it costs"], strict=True))
+    frame = pd.DataFrame(
+        {
+            "student": df["student"],
+            "step": [steps.index(r) + 1 for r in df["rung"]],
+            "lhs": df["lhs"],
+            "rhs": df["rhs"],
+            "lhs / rhs": df["ratio"],
+            "holds": df["holds"].map(_yes),
+        }
+    )
+    caption = "Steps: " + "; ".join(f"{i + 1}. {costs[r]}" for i, r in enumerate(steps)) + "."
+    return style.styled(
+        frame,
+        caption=caption,
+        formats={"lhs": "{:.4f}", "rhs": "{:.4f}", "lhs / rhs": "{:.3f}", "step": "{:d}"},
+        drop_constant=False,
+    )
+
+
+def crosscheck_styled(cross):
+    """:func:`w2_crosscheck` for the reader: logged and recomputed ``W_2^2`` per student and
+    epoch, and their relative difference."""
+    import pandas as pd
+
+    df = cross.reset_index()
+    frame = pd.DataFrame(
+        {
+            "student": df["student"],
+            "epoch": df["epoch"],
+            "logged W2²": df["logged"],
+            "recomputed W2²": df["recomputed"],
+            "rel. diff.": df["rel_diff"],
+        }
+    )
+    return style.styled(
+        frame,
+        formats={"logged W2²": "{:.4f}", "recomputed W2²": "{:.4f}", "rel. diff.": "{:.1e}"},
+        drop_constant=False,
+    )
+
+
+def _wrap(text: str, width: int = 80) -> str:
+    import textwrap
+
+    return "\n".join(
+        textwrap.fill(line, width=width, subsequent_indent="  ") for line in text.splitlines()
+    )
+
+
+def setup_text(teacher_record: Mapping, weight: Any, labels: Any) -> str:
+    """The trained part's setup in lines of at most 80 characters: the teacher's test
+    accuracy, the head's shape, the number of images checked and per class."""
+    y = np.asarray(_f64(labels), dtype=np.int64)
+    classes, counts = np.unique(y, return_counts=True)
+    per = (
+        f"{counts[0]} per class ({len(classes)} classes)"
+        if len(set(counts.tolist())) == 1
+        else ", ".join(f"{c}: {k}" for c, k in zip(classes, counts, strict=True))
+    )
+    w = _f64(weight)
+    return _wrap(
+        f"teacher test accuracy: {100 * teacher_record['final']['test_acc']:.2f} %\n"
+        f"head W: {w.shape[0]} x {w.shape[1]}\n"
+        f"images checked: {len(y)}, {per}"
+    )
+
+
+def tightness_text(summary, epochs) -> str:
+    """The numbers of "How tight is the bound?" from :func:`summary_frame` and
+    :func:`epoch_frame` (with records), one per line, at most 80 characters each."""
+    last = summary
+    rank = epochs[["lip_W1_labelled", "risk_student", "own_test_acc"]].corr(method="spearman")
+
+    def per(series, digits: int) -> str:
+        return ", ".join(f"{s} {float(v):.{digits}f}" for s, v in series.items())
+
+    lines = [
+        "bound / |risk gap| at the last epoch: " + per(last["Lip·W1_lab"] / last["|gap|"], 1),
+        "fraction of the bound used, all epochs and students: "
+        f"{epochs['gap_over_bound'].min():.3f} to {epochs['gap_over_bound'].max():.3f}",
+        f"Lip = {last['Lip'].iloc[0]:.3f}, centred {last['Lip centred'].iloc[0]:.3f}",
+        "largest slope met: " + per(last["Lip realised"], 3),
+        "step 2 ratio W1_lab / mean gap: " + per(last["W1_lab / coupling gap"], 3),
+        "step 3 ratio mean gap / max gap: " + per(last["coupling gap / max gap"], 3),
+        "W1 / W1_labelled: " + per(last["W1"] / last["W1_labelled"], 3),
+        "certified 0-1 error under h_T: " + per(last["err bound (CE/ln2)"], 3),
+        "Spearman over (student, epoch): bound vs R_S(h_T) "
+        f"{rank.loc['lip_W1_labelled', 'risk_student']:.2f}, "
+        f"bound vs own test accuracy {rank.loc['lip_W1_labelled', 'own_test_acc']:.2f}",
+    ]
+    return _wrap("\n".join(lines))
