@@ -761,7 +761,6 @@ def pd_index_slice(row: int, cols: list):
 
 
 _EPOCH_COLUMNS = {
-    "W1_labelled": ("W1 (labels)", "{:.3f}"),
     "risk_teacher": ("R_T(h_T)", "{:.3f}"),
     "risk_student": ("R_S(h_T)", "{:.3f}"),
     "lip_W1_labelled": ("bound", "{:.3f}"),
@@ -771,10 +770,10 @@ _EPOCH_COLUMNS = {
 
 
 def epoch_styled(epochs):
-    """:func:`epoch_frame` for the reader: per student and epoch, the label-aware ``W1``,
-    the two risks under ``h_T``, the bound ``Lip * W1_labelled``, the fraction of it that the
-    gap uses and (when the frame has it) the student's own test accuracy (%). Seven columns
-    at most; the other transport terms are in :func:`plot_bounds_over_epochs`."""
+    """:func:`epoch_frame` for the reader: per student and epoch, the two risks under
+    ``h_T``, the bound ``Lip * W1_labelled``, the fraction of it that the gap uses and (when
+    the frame has it) the student's own test accuracy (%). Seven columns at most; the
+    transport terms are in :func:`plot_bounds_over_epochs`."""
     import pandas as pd
 
     df = epochs.reset_index()
