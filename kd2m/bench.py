@@ -21,7 +21,9 @@ Every ratio is measured within one run, on whatever device is named.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import re
 import statistics
 import sys
 import time
@@ -527,12 +529,47 @@ def hardware(device: str) -> str:
     )
 
 
-def frame(rows: list[dict]):
-    """Benchmark rows as a pandas DataFrame indexed by their first column."""
+_FORMATS = {"images/s": "{:,.0f}", "images": "{:,.0f}", "ratio": "{:.2f}", "seconds": "{:.3f}"}
+
+
+def _clean(text):
+    """A data description without the run store's cache file name."""
+    return re.sub(r"\s*\([^()]*\.pt\)", "", text) if isinstance(text, str) else text
+
+
+def frame(rows: list[dict], *, styled: bool = True):
+    """Benchmark rows for the book: a pandas Styler (``styled=True``) whose first column
+    names each row, one number format per column (images/s and images as integers with
+    thousands separators, ratios to 2 decimals, a ``seconds`` column in milliseconds), a
+    column with the same value on every row said once in the caption, and no cache file
+    names; ``styled=False`` gives the raw DataFrame indexed by the first column."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    return df.set_index(df.columns[0])
+    if not styled:
+        return df.set_index(df.columns[0])
+    df = df.map(_clean)
+    if "seconds" in df.columns and df["seconds"].max() < 1:
+        df = df.rename(columns={"seconds": "time (ms)"})
+        df["time (ms)"] = 1000 * df["time (ms)"]
+    notes = []
+    if len(df) >= 2:
+        for c in list(df.columns[1:]):
+            if df[c].map(repr).nunique() == 1:
+                v = df[c].iloc[0]
+                notes.append(f"{c}: {_FORMATS.get(c, '{}').format(v)}")
+                df = df.drop(columns=c)
+    formats = {c: f for c, f in _FORMATS.items() if c in df.columns}
+    if "time (ms)" in df.columns:
+        formats["time (ms)"] = "{:.2f}"
+    sty = df.style.hide(axis="index").format(formats)
+    for c in df.columns:
+        numeric = pd.api.types.is_numeric_dtype(df[c])
+        sty = sty.set_properties(subset=[c], **{"text-align": "right" if numeric else "left"})
+    if notes:
+        sty = sty.set_caption("; ".join(notes))
+    # HTML ids from the content: re-running a notebook gives the same output
+    return sty.set_uuid(hashlib.sha1(df.to_json().encode()).hexdigest()[:8])
 
 
 def load_benchmarks(folder) -> dict:

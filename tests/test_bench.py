@@ -42,4 +42,4 @@ def test_bench_epoch_and_cli_json(tmp_path, capsys):
     blob = json.loads(out.read_text())
     assert {"hardware", "data"} <= set(blob)
     assert bench.load_benchmarks(tmp_path)["data"] == blob["data"]
-    assert bench.frame(blob["data"]).index.name == "pipeline"
+    assert bench.frame(blob["data"], styled=False).index.name == "pipeline"

@@ -275,8 +275,8 @@ def run_finished(rec: dict) -> bool:
 
 def results_records(folder: str | Path) -> dict[str, dict[str, list[dict]]]:
     """Committed records in ``folder`` grouped as :func:`table1_runs` returns them (rows
-    ``teacher``, ``baseline``, ``E1``..``G3`` by each record's role and metric). Empty when the
-    folder does not exist."""
+    ``teacher``, ``baseline``, ``E1``..``G3``, in that order, by each record's role and
+    metric). Empty when the folder does not exist."""
     if not Path(folder).is_dir():
         return {}
     row_of = {m: r for r, m in TABLE1_METRICS.items()}
@@ -291,26 +291,32 @@ def results_records(folder: str | Path) -> dict[str, dict[str, list[dict]]]:
             row = row_of.get(c["metric"])
         if row is not None:
             out.setdefault(row, {}).setdefault(c["dataset"], []).append(rec)
-    order = ["baseline", "teacher", *TABLE1_METRICS]
+    order = ["teacher", "baseline", *TABLE1_METRICS]
     return {r: out[r] for r in order if r in out}
 
 
 def results_table(folder: str | Path):
-    """Table 1 of the committed records in ``folder`` beside the paper's numbers, with the
-    hardware, the data copy and the wall time of each run."""
+    """Table 1 of the committed records in ``folder`` beside the paper's full table (a
+    Styler, as :func:`kd2m.book.plots.table1`), with the hardware, the data copy, the
+    ImageNet weights and the wall time of the runs said once in the caption. A folder
+    without records gives a one-cell table that says so."""
     import pandas as pd
 
+    from kd2m.book import style
     from kd2m.book.plots import table1
 
     recs = results_records(folder)
     if not recs:
-        return pd.DataFrame({"note": [f"no records in {folder}"]})
-    df = table1(recs)
-    first = {row: per[next(iter(per))][0] for row, per in recs.items()}
-    df["device"] = [
-        first[r]["hardware"].get("gpu", first[r]["hardware"]["device"]) for r in df.index
-    ]
-    df["data"] = [first[r]["data"].get("source") for r in df.index]
-    df["pretrained"] = [first[r]["config"]["pretrained"] for r in df.index]
-    df["seconds"] = [round(first[r]["wall_seconds"]) for r in df.index]
-    return df
+        return style.styled(pd.DataFrame({"note": [f"no records in {folder}"]}))
+    runs = [r for per in recs.values() for rs in per.values() for r in rs]
+    devices = sorted({r["hardware"].get("gpu", r["hardware"]["device"]) for r in runs})
+    names = {"folder": "offline image-folder copy", "torchvision": "torchvision's files"}
+    sources = sorted({names.get(str(r["data"].get("source")), "unknown") for r in runs})
+    weights = sorted({"yes" if r["config"]["pretrained"] else "no" for r in runs})
+    secs = [r["wall_seconds"] for r in runs]
+    caption = (
+        f"Runs on {', '.join(devices)}; data: {', '.join(sources)}; "
+        f"ImageNet weights: {', '.join(weights)}; "
+        f"wall time per run {min(secs):.0f} to {max(secs):.0f} s."
+    )
+    return table1(recs, caption=caption)

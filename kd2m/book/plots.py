@@ -1,7 +1,9 @@
-"""Tables and figures from run records: Table 1, Fig. 2 (lambda sweep), Fig. 3 (embeddings).
+"""Tables and figures from run records: Table 1, Fig. 2 (lambda sweep), Fig. 3 (embeddings),
+the setup of each profile.
 
 Every function takes records (``kd2m.runs.run`` / ``load_record``) or features from the run
-store and returns a pandas DataFrame or a matplotlib Figure; nothing here trains.
+store and returns a pandas DataFrame or Styler, or a matplotlib Figure drawn for the book's
+column (:mod:`kd2m.book.style`); nothing here trains.
 """
 
 from __future__ import annotations
@@ -13,9 +15,25 @@ from importlib import resources
 
 import numpy as np
 
-__all__ = ["paper_table1", "table1", "lambda_sweep_figure", "embedding_figure", "DATASET_COLUMNS"]
+from kd2m.book import style
+
+__all__ = [
+    "DATASET_COLUMNS",
+    "embedding_figure",
+    "lambda_sweep_figure",
+    "mean_accuracy",
+    "paper_table1",
+    "profile_table",
+    "runs_table",
+    "sweep_table",
+    "table1",
+    "table1_frame",
+]
 
 DATASET_COLUMNS = {"svhn": "SVHN", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+ROW_ORDER = ("teacher", "baseline", "E1", "E2", "E3", "G1", "G2", "G3")
+"""Table 1's rows in the book's order: the teacher, the student alone, then the KD2M rows."""
+NOT_RUN = "not run"
 
 
 def paper_table1():
@@ -41,36 +59,163 @@ def _fmt(m: float, s: float) -> str:
     return f"{m:.2f}" if math.isnan(s) else f"{m:.2f} ± {s:.2f}"
 
 
-def table1(records: dict[str, dict[str, list[dict]]], *, with_paper: bool = True):
-    """Table 1 from records: ``records[row][dataset] = [record, ...]`` (one per seed).
+def _metric_label(row: str) -> str:
+    from kd2m.metrics import TABLE1_METRICS
+
+    if row == "teacher":
+        return "—"
+    if row == "baseline":
+        return "none (λ = 0)"
+    return TABLE1_METRICS.get(row, "—")
+
+
+def _ordered(rows) -> list[str]:
+    rows = list(rows)
+    known = [r for r in ROW_ORDER if r in rows]
+    return known + [r for r in rows if r not in ROW_ORDER]
+
+
+def table1_frame(records: dict[str, dict[str, list[dict]]], *, with_paper: bool = True):
+    """Table 1 from records as a DataFrame: ``records[row][dataset] = [record, ...]``.
 
     ``row`` is ``teacher``, ``baseline`` (the student alone) or a Table 1 row id ``E1``..``G3``.
-    Returns a DataFrame with, per dataset, our ``mean ± std`` test accuracy in % over the
-    records given (std over seeds; a single seed shows the mean alone) and, when
-    ``with_paper``, the paper's number beside it, plus the metric of each row and the
-    number of seeds.
+    Indexed by row, teacher first, then the baseline and the KD2M rows. Per dataset of the
+    paper (SVHN, CIFAR-10, CIFAR-100) and ``Avg``: ``<col> (ours)``, our ``mean ± std``
+    test accuracy in % over the records given (std over seeds; one seed shows the mean
+    alone; ``"not run"`` for a dataset without records; ``Avg`` is the mean of our three
+    dataset means, ``"—"`` unless all three were run) and, with ``with_paper``,
+    ``<col> (paper)``; ``<col> seeds`` counts the records. With ``with_paper`` every row of
+    the paper's table appears, run or not. Column ``metric``: the metric of each row.
     """
     import pandas as pd
 
-    from kd2m.metrics import TABLE1_METRICS
-
     paper = paper_table1()
+    rows = _ordered(set(records) | (set(paper.index) if with_paper else set()))
     out = []
-    for row, per_ds in records.items():
-        line = {
-            "row": row,
-            "metric": TABLE1_METRICS.get(row, "-" if row != "baseline" else "none (lambda = 0)"),
-        }
+    for row in rows:
+        per_ds = records.get(row, {})
+        line: dict = {"row": row, "metric": _metric_label(row)}
+        means = []
+        for ds, col in DATASET_COLUMNS.items():
+            recs = per_ds.get(ds, [])
+            if recs:
+                m, s = _mean_std([100 * r["final"]["test_acc"] for r in recs])
+                means.append(m)
+                line[f"{col} (ours)"] = _fmt(m, s)
+            else:
+                line[f"{col} (ours)"] = NOT_RUN
+            line[f"{col} seeds"] = len(recs)
+            if with_paper:
+                line[f"{col} (paper)"] = f"{paper.loc[row, col]:.2f}" if row in paper.index else "—"
+        line["Avg (ours)"] = f"{statistics.fmean(means):.2f}" if len(means) == 3 else "—"
+        if with_paper:
+            line["Avg (paper)"] = f"{paper.loc[row, 'Avg']:.2f}" if row in paper.index else "—"
+        # datasets outside the paper's three (none today) keep their own columns
         for ds, recs in per_ds.items():
-            col = DATASET_COLUMNS.get(ds, ds)
-            accs = [100 * r["final"]["test_acc"] for r in recs]
-            m, s = _mean_std(accs)
-            line[f"{col} (ours)"] = _fmt(m, s)
-            line[f"{col} seeds"] = len(accs)
-            if with_paper and row in paper.index and col in paper.columns:
-                line[f"{col} (paper)"] = f"{paper.loc[row, col]:.2f}"
+            if ds not in DATASET_COLUMNS and recs:
+                line[f"{ds} (ours)"] = _fmt(
+                    *_mean_std([100 * r["final"]["test_acc"] for r in recs])
+                )
+                line[f"{ds} seeds"] = len(recs)
         out.append(line)
     return pd.DataFrame(out).set_index("row")
+
+
+def _student_epochs(records: dict[str, dict[str, list[dict]]]) -> set[int]:
+    return {
+        int(r["config"]["epochs"])
+        for row, per in records.items()
+        if row != "teacher"
+        for recs in per.values()
+        for r in recs
+    }
+
+
+def table1(
+    records: dict[str, dict[str, list[dict]]],
+    *,
+    with_paper: bool = True,
+    caption: str | None = None,
+):
+    """Table 1 for the reader: a pandas Styler with, per row (teacher, baseline, E1..G3), a
+    line ``paper`` (the paper's full Table 1: SVHN, CIFAR-10, CIFAR-100, Avg) and a line
+    ``ours`` beneath it (mean ± std over seeds; ``not run`` for a dataset we did not run).
+    Seven columns: row, metric, source, the three datasets and Avg. The number of seeds
+    and the epochs are said once in the caption (``caption`` is put before them).
+    The numbers themselves: :func:`table1_frame`."""
+    import pandas as pd
+
+    df = table1_frame(records, with_paper=with_paper)
+    cols = [*DATASET_COLUMNS.values(), "Avg"]
+    lines = []
+    for row, r in df.iterrows():
+        sources = ("paper", "ours") if with_paper else ("ours",)
+        for i, src in enumerate(sources):
+            line = {
+                "row": row if i == 0 else "",
+                "metric": r["metric"] if i == 0 else "",
+                "source": src,
+            }
+            for c in cols:
+                line[f"{c} (%)" if c != "Avg" else "Avg (%)"] = r[f"{c} ({src})"]
+            lines.append(line)
+    seeds = {int(n) for c in DATASET_COLUMNS.values() for n in df[f"{c} seeds"] if n > 0}
+    epochs = _student_epochs(records)
+    parts = [caption] if caption else []
+    parts.append("Test accuracy (%).")
+    if with_paper:
+        parts.append("paper: Montesuma (2025), Table 1, 15 epochs.")
+    ours = "ours: "
+    if epochs:
+        ours += f"{'/'.join(str(e) for e in sorted(epochs))} student epochs, "
+    if seeds == {1}:
+        ours += "one seed."
+    elif len(seeds) == 1:
+        ours += f"mean ± std over {seeds.pop()} seeds."
+    else:
+        ours += "mean ± std over the seeds run (one seed: the mean alone)."
+    parts.append(ours)
+    parts.append("not run: no run of ours on that dataset; Avg of ours needs all three.")
+    frame = pd.DataFrame(lines)
+    return style.styled(frame, caption=" ".join(parts), drop_constant=False).set_table_styles(
+        [{"selector": "td", "props": "white-space: nowrap;"}], overwrite=False
+    )
+
+
+def runs_table(records: dict[str, dict[str, list[dict]]], *, caption: str | None = None):
+    """One line per run (teacher first): row, dataset, seed, test accuracy (%), the exact
+    ``W_2^2`` between its test features and the teacher's at the last epoch (when logged),
+    and the wall time (s). Constant columns go to the caption."""
+    import pandas as pd
+
+    lines = []
+    for row in _ordered(records):
+        for ds, recs in records[row].items():
+            for r in recs:
+                last = r["history"][-1] if r.get("history") else {}
+                lines.append(
+                    {
+                        "row": row,
+                        "dataset": DATASET_COLUMNS.get(ds, ds),
+                        "seed": int(r["config"]["seed"]),
+                        "test acc (%)": 100 * r["final"]["test_acc"],
+                        "feature W2² to teacher": last.get("test_feature_w2", float("nan")),
+                        "time (s)": float(r["wall_seconds"]),
+                    }
+                )
+    frame = pd.DataFrame(lines)
+    if frame["feature W2² to teacher"].isna().all():
+        frame = frame.drop(columns="feature W2² to teacher")
+    return style.styled(
+        frame,
+        caption=caption,
+        formats={
+            "test acc (%)": "{:.2f}",
+            "feature W2² to teacher": "{:.1f}",
+            "time (s)": "{:.0f}",
+        },
+        constant_formats={"seed": "{:d}"},
+    )
 
 
 def mean_accuracy(recs: list[dict]) -> float:
@@ -78,32 +223,117 @@ def mean_accuracy(recs: list[dict]) -> float:
     return statistics.fmean(r["final"]["test_acc"] for r in recs)
 
 
+def _images(n, full: str) -> str:
+    return full if n is None else f"{int(n):,}"
+
+
+def _arch(p: dict) -> str:
+    a = p["arch"].replace("resnet", "ResNet-" if p.get("stem") == "cifar" else "ResNet")
+    width = f", width {p['width']}" if p.get("width") else ""
+    return f"{a} ({p.get('stem', '')} stem{width})"
+
+
+def profile_table(profiles: tuple[str, ...] = ("cpu", "paper")):
+    """The setup of each profile (:data:`kd2m.profiles.PROFILES`) as a Styler: one line per
+    setting (architectures, epochs, images, optimiser, lambda, seed), one column per profile."""
+    import pandas as pd
+
+    from kd2m.profiles import PROFILES
+
+    cols = {}
+    for name in profiles:
+        p = PROFILES[name]
+        t_epochs = p["teacher"].get("epochs", p["epochs"])
+        cols[name] = {
+            "teacher": _arch(p["teacher"]),
+            "student": _arch(p["student"]),
+            "epochs (teacher / student)": f"{t_epochs} / {p['epochs']}",
+            "training images": _images(p["n_train"], "all"),
+            "test images": _images(p["n_test"], "all"),
+            "batch size": str(p["batch_size"]),
+            "SGD lr (cosine to)": f"{p['lr']:g} ({p['lr_min']:g})",
+            "momentum, weight decay": f"{p['momentum']:g}, {p['weight_decay']:g}",
+            "λ (distillation weight)": f"{p['lam']:g}",
+            "seed": str(p["seed"]),
+            "ImageNet weights": "yes" if p["pretrained"] else "no",
+        }
+    frame = pd.DataFrame(cols)
+    frame.index.name = "setting"
+    frame = frame.reset_index()
+    return style.styled(
+        frame,
+        caption="Setup of each profile (kd2m.profiles); 'all': the full training or test set.",
+        drop_constant=False,
+    ).set_table_styles([{"selector": "td", "props": "text-align: left;"}], overwrite=False)
+
+
+def sweep_table(records: dict[float, dict], *, metric: str):
+    """Fig. 2's runs at their last epoch, one line per lambda: train CE, the train distance
+    ``D`` (the metric trained with), the exact ``W_2^2`` between student and teacher test
+    features, and the test accuracy (%)."""
+    import pandas as pd
+
+    lines = []
+    for lam in sorted(records):
+        r = records[lam]
+        last = r["history"][-1]
+        lines.append(
+            {
+                "λ": lam,
+                "train CE": last["train_ce"],
+                f"train D ({metric})": last["train_distill"],
+                "test feature W2²": last.get("test_feature_w2", float("nan")),
+                "test acc (%)": 100 * r["final"]["test_acc"],
+            }
+        )
+    return style.styled(
+        pd.DataFrame(lines),
+        formats={"λ": "{:g}", "train CE": "{:.3f}", "test acc (%)": "{:.2f}"},
+    )
+
+
+def _lambda_colors(lams: list[float]) -> dict[float, str]:
+    palette = [c for c in style.OKABE_ITO if c != "#000000"]
+    out, k = {}, 0
+    for lam in lams:
+        if lam == 0:
+            out[lam] = "#000000"
+        else:
+            out[lam] = palette[k % len(palette)]
+            k += 1
+    return out
+
+
 def lambda_sweep_figure(records: dict[float, dict], *, metric: str, dataset: str):
     """Fig. 2: per epoch, the train cross-entropy, the train distillation loss and the test
-    accuracy, one curve per lambda (``records[lam] = record``)."""
-    import matplotlib.pyplot as plt
+    accuracy, one curve per lambda (``records[lam] = record``); one legend under the panels.
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
-    cmap = plt.get_cmap("viridis")
+    Three panels in a row at the column's width, integer epoch ticks, lambda = 0 (the
+    baseline) in black and the other lambdas in Okabe-Ito colours."""
     lams = sorted(records)
-    for i, lam in enumerate(lams):
-        h = records[lam]["history"]
-        ep = [r["epoch"] for r in h]
-        color = "black" if lam == 0 else cmap(i / max(1, len(lams) - 1))
-        label = f"λ = {lam:g}" + (" (baseline)" if lam == 0 else "")
-        axes[0].plot(ep, [r["train_ce"] for r in h], marker="o", ms=3, color=color, label=label)
-        d = [r["train_distill"] for r in h]
-        if all(v is not None for v in d):
-            axes[1].plot(ep, d, marker="o", ms=3, color=color, label=label)
-        axes[2].plot(
-            ep, [100 * r["test_acc"] for r in h], marker="o", ms=3, color=color, label=label
-        )
-    axes[0].set(title="classification loss (train CE)", xlabel="epoch")
-    axes[1].set(title=f"distillation loss D ({metric}, train)", xlabel="epoch", yscale="log")
-    axes[2].set(title="test accuracy (%)", xlabel="epoch")
-    axes[2].legend(fontsize=8)
-    fig.suptitle(f"{DATASET_COLUMNS.get(dataset, dataset)}: lambda sweep")
-    return fig
+    colors = _lambda_colors(lams)
+    markers = "osD^v<>p"
+    with style.figure_style():
+        fig, axes = style.new_figure(1, 3, height=2.9)
+        for i, lam in enumerate(lams):
+            h = records[lam]["history"]
+            ep = [r["epoch"] for r in h]
+            kw = {"marker": markers[i % len(markers)], "color": colors[lam]}
+            label = f"λ = {lam:g}" + (" (baseline)" if lam == 0 else "")
+            axes[0].plot(ep, [r["train_ce"] for r in h], label=label, **kw)
+            d = [r["train_distill"] for r in h]
+            if all(v is not None for v in d):
+                axes[1].plot(ep, d, label=label, **kw)
+            axes[2].plot(ep, [100 * r["test_acc"] for r in h], label=label, **kw)
+        axes[0].set(title="train CE", xlabel="epoch")
+        axes[1].set(title=f"train D ({metric})", xlabel="epoch", yscale="log")
+        axes[2].set(title="test accuracy (%)", xlabel="epoch")
+        for ax in axes:
+            style.integer_epochs(ax)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)))
+        fig.suptitle(f"{DATASET_COLUMNS.get(dataset, dataset)}: λ sweep")
+        return style.finish(fig)
 
 
 def embedding_figure(
@@ -117,28 +347,57 @@ def embedding_figure(
 
     ``panels[title] = (teacher_features, student_features)`` (same images, same dimension).
     Each panel fits one seeded UMAP on the two sets stacked, so both live in one embedding.
+    At most three panels per row (more are stacked), square panels at the column's width,
+    one legend above them.
     """
     import warnings
 
-    import matplotlib.pyplot as plt
     from tqdm import TqdmWarning
 
     with warnings.catch_warnings():  # umap's dependencies import tqdm.auto (no ipywidgets)
         warnings.simplefilter("ignore", TqdmWarning)
         import umap
 
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(5.2 * len(panels), 4.8), constrained_layout=True, squeeze=False
-    )
-    for ax, (title, (zt, zs)) in zip(axes[0], panels.items(), strict=True):
-        zt = np.asarray(zt, dtype=np.float32)
-        zs = np.asarray(zs, dtype=np.float32)
-        emb = umap.UMAP(
-            n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1
-        ).fit_transform(np.concatenate([zt, zs]))
-        n = len(zt)
-        ax.scatter(emb[:n, 0], emb[:n, 1], s=3, c="tab:red", alpha=0.5, label="teacher")
-        ax.scatter(emb[n:, 0], emb[n:, 1], s=3, c="tab:blue", alpha=0.5, label="student")
-        ax.set(title=title, xticks=[], yticks=[])
-        ax.legend(markerscale=4, loc="best", fontsize=8)
-    return fig
+    n_panels = len(panels)
+    ncols = min(3, n_panels)
+    nrows = math.ceil(n_panels / ncols)
+    side = style.COLUMN_WIDTH / max(2, ncols)
+    with style.figure_style():
+        fig, axes = style.new_figure(nrows, ncols, height=side * nrows + 0.4, squeeze=False)
+        flat = axes.ravel()
+        for ax, (title, (zt, zs)) in zip(flat, panels.items(), strict=False):
+            zt = np.asarray(zt, dtype=np.float32)
+            zs = np.asarray(zs, dtype=np.float32)
+            emb = umap.UMAP(
+                n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1
+            ).fit_transform(np.concatenate([zt, zs]))
+            n = len(zt)
+            ax.scatter(
+                emb[:n, 0],
+                emb[:n, 1],
+                s=2,
+                c=style.TEACHER_RED,
+                alpha=0.5,
+                label="teacher",
+                linewidths=0,
+            )
+            ax.scatter(
+                emb[n:, 0],
+                emb[n:, 1],
+                s=2,
+                c=style.STUDENT_BLUE,
+                alpha=0.5,
+                label="student",
+                linewidths=0,
+            )
+            ax.set(title=title, xticks=[], yticks=[])
+            ax.grid(False)
+            ax.spines[["top", "right"]].set_visible(True)
+        for ax in flat[n_panels:]:
+            ax.set_visible(False)
+        handles, labels = flat[0].get_legend_handles_labels()
+        legend = fig.legend(handles, labels, loc="outside upper center", ncols=2, markerscale=4)
+        for handle in legend.legend_handles:
+            if handle is not None:
+                handle.set_alpha(1.0)
+        return style.finish(fig)

@@ -29,7 +29,6 @@ Studies:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -38,6 +37,7 @@ import torch
 
 from kd2m import metrics as M
 from kd2m import theory
+from kd2m.book import style
 from kd2m.metrics.empirical import joint_default_beta
 from kd2m.train import resolve_device
 
@@ -107,23 +107,18 @@ def _claim_close(
     )
 
 
-def table(rows: list[dict]):
-    """``rows`` (a list of dicts) as a styled pandas table for the book.
+def table(rows: list[dict], *, caption: str | None = None):
+    """``rows`` (a list of dicts) as a styled pandas table for the book
+    (:func:`kd2m.book.style.styled`).
 
-    No index column, no truncated text, floats to 6 significant digits, missing values blank.
-    pandas is imported here, lazily: it belongs to the ``book`` extra, not to the core package.
+    No index column, one number format per column (fixed point, or scientific when a
+    column spans many decades), missing values blank, a column with the same value on
+    every row said once in the caption (after ``caption``). pandas is imported lazily: it
+    belongs to the ``book`` extra, not to the core package.
     """
     import pandas as pd
 
-    frame = pd.DataFrame(rows)
-    floats = [c for c in frame.columns if pd.api.types.is_float_dtype(frame[c])]
-    # HTML ids from the content, not random: re-running a notebook gives the same output
-    uuid = hashlib.sha1(frame.to_json().encode()).hexdigest()[:8]
-    return (
-        frame.style.set_uuid(uuid)
-        .hide(axis="index")
-        .format({c: "{:.6g}" for c in floats}, na_rep="")
-    )
+    return style.styled(pd.DataFrame(rows), caption=caption)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,9 +320,30 @@ def metric_table(
 # ----------------------------------------------------------------------------------------------
 
 
+def _numbers(details: dict) -> str:
+    """The numbers behind a claim as one short text (4 significant digits)."""
+
+    def fmt(v) -> str:
+        if isinstance(v, bool):
+            return str(v)
+        if isinstance(v, int | float | np.floating):
+            return f"{float(v):.4g}"
+        if isinstance(v, np.ndarray | list | tuple):
+            return "[" + ", ".join(fmt(x) for x in np.ravel(v)) + "]"
+        return str(v)
+
+    names = {"kd2m": "kd2m", "reference": "ref.", "relative error": "rel. err."}
+    text = ", ".join(f"{names.get(k, k)} {fmt(v)}" for k, v in details.items())
+    return text.replace("e-", "e\u2212")  # a minus sign: no line break inside a number
+
+
 def claims_table(claims: list[Claim]) -> list[dict]:
-    """The numbers behind ``claims``: one row per claim (statement, holds, details)."""
-    return [{"claim": c.statement, "holds": bool(c.holds)} | dict(c.details) for c in claims]
+    """The numbers behind ``claims``: one row per claim (``claim``, ``holds`` and
+    ``numbers``, the claim's details as one short text)."""
+    return [
+        {"claim": c.statement, "holds": bool(c.holds), "numbers": _numbers(dict(c.details))}
+        for c in claims
+    ]
 
 
 def closed_form_claims(d: int, seed: int, *, rtol: float = 1e-6, device="cpu") -> list[Claim]:
@@ -378,7 +394,7 @@ def closed_form_claims(d: int, seed: int, *, rtol: float = 1e-6, device="cpu") -
             1e-5,
         ),
         _claim_close(
-            "diagonal gaussian_wasserstein matches ||m_S-m_T||^2 + ||sigma_S-sigma_T||^2",
+            "diagonal gaussian_wasserstein = ||m_S-m_T||^2 + ||sigma_S-sigma_T||^2",
             g1_diag,
             diag_ref,
             rtol,
@@ -516,13 +532,21 @@ def convergence_study(d: int, n_max: int, repeats: int, seed: int, *, n_min: int
 
 
 def convergence_table(result: dict) -> list[dict]:
-    """Mean |error| per batch size and estimator, then the fitted rate, as table rows."""
-    rows = [
-        {"n": int(n)} | {name: float(err[j]) for name, err in result["mean_abs_error"].items()}
+    """Mean |error| per batch size and estimator, as table rows; the fitted rate of each
+    estimator is a column with one value (:func:`table` says it once, in the caption)."""
+    short = {"empirical W2^2 (eq. 3)": "empirical", "Gaussian plug-in W2^2 (eq. 6)": "plug-in"}
+    rates = {
+        f"fitted rate, {short.get(name, name)}": f"n^{r:.2f}" for name, r in result["rate"].items()
+    }
+    return [
+        {"n": int(n)}
+        | {
+            f"|error|, {name.replace('^2', '²')}": float(err[j])
+            for name, err in result["mean_abs_error"].items()
+        }
+        | rates
         for j, n in enumerate(result["sizes"])
     ]
-    rows.append({"n": "fitted rate"} | {name: round(r, 2) for name, r in result["rate"].items()})
-    return rows
 
 
 def convergence_claims(result: dict, *, empirical_range=(-0.8, -0.2)) -> list[Claim]:
@@ -540,7 +564,7 @@ def convergence_claims(result: dict, *, empirical_range=(-0.8, -0.2)) -> list[Cl
             {"first": e_emp[0], "last": e_emp[-1]},
         ),
         Claim(
-            "on Gaussian data the plug-in estimate is closer to the truth at the largest batch",
+            "Gaussian data: the plug-in is closer to the truth at the largest batch",
             bool(e_gau[-1] < e_emp[-1]),
             {"plug-in": e_gau[-1], "empirical": e_emp[-1]},
         ),
@@ -549,27 +573,28 @@ def convergence_claims(result: dict, *, empirical_range=(-0.8, -0.2)) -> list[Cl
 
 def plot_convergence(result: dict):
     """Log-log plot of mean |estimate - truth| against the batch size, with fitted rates."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    sizes = result["sizes"]
-    for (name, err), marker in zip(result["mean_abs_error"].items(), "os", strict=False):
-        slope, icpt = result["rate"][name], result["intercept"][name]
-        (line,) = ax.loglog(
-            sizes, err, marker=marker, ls="none", label=f"{name}: fitted rate $n^{{{slope:.2f}}}$"
-        )
-        ax.loglog(sizes, np.exp(icpt) * sizes**slope, color=line.get_color(), lw=1)
-    ax.set_xlabel("batch size n (samples per distribution)")
-    ax.set_ylabel(r"mean $|\widehat{W}_2^2 - W_2^2|$ over repeats")
-    ax.set_title(
-        f"Two Gaussians in d={result['d']}: true $W_2^2$ = {result['truth']:.3f}, "
-        f"{result['repeats']} repeats"
-    )
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    with style.figure_style():
+        fig, ax = style.new_figure(height=3.6)
+        sizes = result["sizes"]
+        for (name, err), marker, color in zip(
+            result["mean_abs_error"].items(), "os", style.OKABE_ITO, strict=False
+        ):
+            slope, icpt = result["rate"][name], result["intercept"][name]
+            ax.loglog(
+                sizes,
+                err,
+                marker=marker,
+                ls="none",
+                color=color,
+                label=f"{name}: fitted rate $n^{{{slope:.2f}}}$",
+            )
+            ax.loglog(sizes, np.exp(icpt) * sizes**slope, color=color, lw=1)
+        ax.set_xlabel("batch size n (samples per distribution)")
+        ax.set_ylabel(r"mean $|\widehat{W}_2^2 - W_2^2|$")
+        ax.set_title(f"two Gaussians in d = {result['d']}, true $W_2^2$ = {result['truth']:.3f}")
+        ax.legend(loc="lower left")
+        ax.grid(True, which="major", alpha=0.3)
+        return style.finish(fig, close=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -612,7 +637,7 @@ def kl_table(result: dict) -> list[dict]:
     """One row per batch size: n / d, n, the KL of each regularisation and the population KL."""
     return [
         {"n / d": float(r), "n": int(n)}
-        | {name: float(v[i]) for name, v in result["values"].items()}
+        | {f"KL, {name}": float(v[i]) for name, v in result["values"].items()}
         | {"population KL": result["truth"]}
         for i, (r, n) in enumerate(zip(result["ratios"], result["sizes"], strict=True))
     ]
@@ -647,21 +672,18 @@ def kl_regularisation_claims(result: dict) -> list[Claim]:
 
 def plot_kl_regularisation(result: dict):
     """KL value against n / d (log-log), per regularisation, with the population KL."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for (name, v), marker in zip(result["values"].items(), "o^v<>", strict=False):
-        ax.loglog(result["ratios"], v, marker=marker, label=name)
-    ax.axhline(result["truth"], color="k", ls="--", lw=1, label="population KL")
-    ax.axvline(1.0, color="grey", ls=":", lw=1)
-    ax.set_xlabel("n / d (batch size over feature dimension)")
-    ax.set_ylabel(r"KL$(\mathcal{N}_S \,\|\, \mathcal{N}_T)$ on ML fits")
-    ax.set_title(f"Gaussian KL (eq. 7) in d={result['d']}")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    with style.figure_style():
+        fig, ax = style.new_figure(height=3.6)
+        for (name, v), marker in zip(result["values"].items(), "o^v<>", strict=False):
+            ax.loglog(result["ratios"], v, marker=marker, label=name)
+        ax.axhline(result["truth"], color="k", ls="--", lw=1, label="population KL")
+        ax.axvline(1.0, color="grey", ls=":", lw=1)
+        ax.set_xlabel("n / d (batch size over feature dimension)")
+        ax.set_ylabel(r"KL$(\mathcal{N}_S \,\|\, \mathcal{N}_T)$ on ML fits")
+        ax.set_title(f"Gaussian KL (eq. 7), d = {result['d']}")
+        ax.legend(loc="upper right")
+        ax.grid(True, which="major", alpha=0.3)
+        return style.finish(fig, close=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -720,8 +742,7 @@ def joint_beta_claims(result: dict, *, rtol: float = 1e-6) -> list[Claim]:
             rtol,
         ),
         _claim_close(
-            "joint_wasserstein at the largest beta equals the class-weighted mean of "
-            "per-class W2^2",
+            "joint_wasserstein at the largest beta = weighted mean of per-class W2^2",
             float(v[-1]),
             result["class_weighted"],
             rtol,
@@ -741,45 +762,44 @@ def joint_beta_claims(result: dict, *, rtol: float = 1e-6) -> list[Claim]:
 
 def plot_joint_beta(result: dict):
     """Joint Wasserstein against beta > 0 (log x axis), between its two limits."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    betas = result["betas"]
-    positive = betas > 0  # beta = 0 is the horizontal line of eq. (3)
-    ax.semilogx(
-        betas[positive],
-        result["values"][positive],
-        marker="o",
-        label=r"joint $W$ (eq. 5), one-hot $\ell_Y$",
-    )
-    ax.axhline(
-        result["wasserstein"],
-        color="C1",
-        ls="--",
-        lw=1,
-        label=r"$W_2^2$ (eq. 3) = joint $W$ at $\beta = 0$",
-    )
-    ax.axhline(
-        result["class_conditional"],
-        color="C2",
-        ls="--",
-        lw=1,
-        label=r"class-conditional $W$ (eq. 4)",
-    )
-    ax.plot(
-        [result["default_beta"]],
-        [result["default_value"]],
-        marker="*",
-        ms=12,
-        ls="none",
-        color="C3",
-        label=r"default $\beta$ = teacher's mean squared pairwise distance",
-    )
-    ax.set_xlabel(r"label weight $\beta$")
-    ax.set_ylabel("value")
-    ax.set_title("Joint Wasserstein interpolates between eq. 3 and eq. 4")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    c = style.OKABE_ITO
+    with style.figure_style():
+        fig, ax = style.new_figure(height=3.6)
+        betas = result["betas"]
+        positive = betas > 0  # beta = 0 is the horizontal line of eq. (3)
+        ax.semilogx(
+            betas[positive],
+            result["values"][positive],
+            marker="o",
+            color=c[0],
+            label=r"joint $W$ (eq. 5), one-hot $\ell_Y$",
+        )
+        ax.axhline(
+            result["wasserstein"],
+            color=c[1],
+            ls="--",
+            lw=1.5,
+            label=r"$W_2^2$ (eq. 3) = joint $W$ at $\beta = 0$",
+        )
+        ax.axhline(
+            result["class_conditional"],
+            color=c[2],
+            ls="-.",
+            lw=1.5,
+            label=r"class-conditional $W$ (eq. 4)",
+        )
+        ax.plot(
+            [result["default_beta"]],
+            [result["default_value"]],
+            marker="*",
+            ms=12,
+            ls="none",
+            color=c[3],
+            label=r"default $\beta$ = teacher's mean squared pairwise distance",
+        )
+        ax.set_xlabel(r"label weight $\beta$")
+        ax.set_ylabel("value")
+        ax.set_title("joint Wasserstein between eq. 3 and eq. 4")
+        ax.legend(loc="center left")
+        ax.grid(True, which="major", alpha=0.3)
+        return style.finish(fig, close=True)

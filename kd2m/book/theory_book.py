@@ -30,32 +30,42 @@ from typing import Any
 import numpy as np
 
 from kd2m import theory
+from kd2m.book import style
 from kd2m.data import stratified_counts
 
 __all__ = [
     "EPOCH_QUANTITIES",
     "all_reports_hold",
+    "bound_styled",
     "bound_table",
     "centred_lipschitz",
     "convergence_figure",
     "convergence_frame",
+    "convergence_styled",
+    "crosscheck_styled",
     "epoch_frame",
+    "epoch_styled",
     "example_gaussians",
     "head_accuracy",
     "looseness_ladder",
     "looseness_frame",
+    "looseness_styled",
     "monitor_arrays",
     "per_sample_ce",
     "plot_bounds_over_epochs",
     "realised_lipschitz",
     "report_extras",
+    "setup_text",
     "reports_over_epochs",
     "summary_frame",
+    "summary_styled",
     "sweep_figure",
+    "sweep_styled",
     "swapped_labels_example",
     "synthetic_features",
     "synthetic_sweep",
     "teacher_head",
+    "tightness_text",
     "violations",
     "w2_crosscheck",
 ]
@@ -246,53 +256,55 @@ def convergence_frame(results: Mapping[Any, theory.W2Convergence]):
 def convergence_figure(results: Mapping[Any, theory.W2Convergence]):
     """Left: empirical ``W_2`` (mean ± std over repeats) against ``n``, with the closed form
     (eq. 6) as a horizontal line. Right: ``|W_2 empirical - closed form|`` on log-log axes
-    with the least-squares line ``log err = a + slope log n`` (slope in the legend)."""
-    import matplotlib.pyplot as plt
+    with the least-squares line ``log err = a + slope log n`` (slope in the legend). Two
+    panels at the column's width, each legend under its panel."""
     from matplotlib.ticker import NullLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
-    for i, (label, c) in enumerate(results.items()):
-        color = f"C{i}"
-        n = np.asarray(c.sizes, float)
-        m, s = np.asarray(c.mean), np.asarray(c.std)
-        axes[0].errorbar(
-            n, m, yerr=s, marker="o", ms=4, capsize=3, color=color, label=f"{label}: empirical"
-        )
-        axes[0].axhline(
-            c.closed_form,
-            color=color,
-            ls="--",
-            lw=1,
-            label=f"{label}: closed form {c.closed_form:.3f}",
-        )
-        axes[1].loglog(n, c.abs_error, "o", color=color, label=f"{label}: |error|")
-        if math.isfinite(c.slope):
-            grid = np.geomspace(n.min(), n.max(), 50)
-            axes[1].loglog(
-                grid,
-                np.exp(c.intercept) * grid**c.slope,
-                "-",
-                color=color,
-                lw=1,
-                label=f"{label}: fit n^{c.slope:.2f}",
+    with style.figure_style():
+        fig, axes = style.new_figure(1, 2, height=3.6)
+        for i, (label, c) in enumerate(results.items()):
+            color = style.OKABE_ITO[i % len(style.OKABE_ITO)]
+            n = np.asarray(c.sizes, float)
+            m, s = np.asarray(c.mean), np.asarray(c.std)
+            axes[0].errorbar(
+                n, m, yerr=s, marker="o", capsize=3, color=color, label=f"{label}: empirical"
             )
-    axes[0].set(
-        xscale="log",
-        xlabel="n (samples per Gaussian)",
-        ylabel="W2 (not squared)",
-        title="empirical W2 vs closed form (eq. 6)",
-    )
-    axes[1].set(
-        xlabel="n (samples per Gaussian)",
-        ylabel="mean |W2_n - W2|",
-        title="estimation error, log-log",
-    )
-    sizes = sorted({int(n) for c in results.values() for n in c.sizes})
-    for ax in axes:
-        ax.set_xticks(sizes, [str(n) for n in sizes])
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.legend(fontsize=7)
-    return fig
+            axes[0].axhline(
+                c.closed_form,
+                color=color,
+                ls="--",
+                lw=1,
+                label=f"{label}: closed form {c.closed_form:.3f}",
+            )
+            axes[1].loglog(n, c.abs_error, "o", color=color, label=f"{label}: |error|")
+            if math.isfinite(c.slope):
+                grid = np.geomspace(n.min(), n.max(), 50)
+                axes[1].loglog(
+                    grid,
+                    np.exp(c.intercept) * grid**c.slope,
+                    "-",
+                    color=color,
+                    lw=1,
+                    label=f"{label}: fit $n^{{{c.slope:.2f}}}$",
+                )
+        axes[0].set(
+            xscale="log",
+            xlabel="n (samples per Gaussian)",
+            ylabel="$W_2$ (not squared)",
+            title="empirical vs closed form",
+        )
+        axes[1].set(
+            xlabel="n (samples per Gaussian)",
+            ylabel=r"mean $|W_{2,n} - W_2|$",
+            title="error, log-log",
+        )
+        sizes = sorted({int(n) for c in results.values() for n in c.sizes})
+        for ax in axes:
+            ax.set_xticks(sizes, [str(n) for n in sizes])
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.tick_params(axis="x", labelrotation=45 if len(sizes) > 5 else 0)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.32), ncols=1, frameon=False)
+        return style.finish(fig)
 
 
 def synthetic_features(
@@ -337,27 +349,36 @@ def sweep_figure(reports: Mapping[float, theory.BoundReport]):
     """``|R_S - R_T|`` and the three right-hand sides of Theorem 4.1 (times ``Lip``) against
     the student's perturbation ``eps``, log-log: all go to 0 with ``eps`` (the theorem's
     consequence: ``g_S -> g_T`` uniformly implies equal risks)."""
-    import matplotlib.pyplot as plt
-
     eps = np.array(sorted(e for e in reports if e > 0))
     rep = [reports[e] for e in eps]
-    fig, ax = plt.subplots(figsize=(5.6, 3.8), constrained_layout=True)
-    ax.loglog(eps, [abs(r.risk_gap) for r in rep], "o-", color="black", label="|R_S - R_T|")
-    for key, label, c in (
-        ("W1_labelled", "Lip · W1_labelled", "C0"),
-        ("coupling_gap", "Lip · mean ||zS - zT||", "C1"),
-        ("max_gap", "Lip · max ||zS - zT||", "C2"),
-    ):
-        ax.loglog(
-            eps, [r.lipschitz * getattr(r, key) for r in rep], "s--", color=c, ms=4, label=label
+    with style.figure_style():
+        fig, ax = style.new_figure(height=3.4)
+        ax.loglog(eps, [abs(r.risk_gap) for r in rep], "o-", color="black", label="|R_S − R_T|")
+        for (key, label), c, mk in zip(
+            (
+                ("W1_labelled", "Lip · W1 (label-aware)"),
+                ("coupling_gap", "Lip · mean ||zS − zT||"),
+                ("max_gap", "Lip · max ||zS − zT||"),
+            ),
+            style.OKABE_ITO,
+            "s^D",
+            strict=False,
+        ):
+            ax.loglog(
+                eps,
+                [r.lipschitz * getattr(r, key) for r in rep],
+                ls="--",
+                marker=mk,
+                color=c,
+                label=label,
+            )
+        ax.set(
+            xlabel="student perturbation ε",
+            ylabel="risk gap, bound",
+            title="synthetic student → teacher",
         )
-    ax.set(
-        xlabel="student perturbation eps",
-        ylabel="risk gap / bound",
-        title="synthetic student -> teacher",
-    )
-    ax.legend(fontsize=8)
-    return fig
+        ax.legend(loc="upper left")
+        return style.finish(fig)
 
 
 def swapped_labels_example() -> theory.BoundReport:
@@ -486,45 +507,44 @@ def epoch_frame(
 
 
 _TITLES = {
-    "W1": "W1 (plain, features only)",
-    "W1_labelled": "W1_labelled",
-    "coupling_gap": "coupling gap  mean ||zS - zT||",
-    "max_gap": "max gap  max ||zS - zT||",
-    "abs_risk_gap": "risk gap (solid) vs Lip · W1_labelled (dashed)",
-    "lip_W1_labelled": "ratio |risk gap| / (Lip · W1_labelled)",
+    "W1": "W1 (features only)",
+    "W1_labelled": "W1, label-aware",
+    "coupling_gap": "mean ||zS − zT||",
+    "max_gap": "max ||zS − zT||",
+    "abs_risk_gap": "|risk gap| (—), bound (--)",
+    "lip_W1_labelled": "|risk gap| / bound",
 }
 
 
 def plot_bounds_over_epochs(reports: Mapping[str, Sequence[theory.BoundReport]]):
-    """2 x 3 panels over the training epochs, one colour per student: ``W1``,
+    """3 x 2 panels over the training epochs, one colour per student: ``W1``,
     ``W1_labelled``, the coupling gap, the max gap (transport terms); the risk gap under the
     teacher's head (solid) with its bound ``Lip * W1_labelled`` (dashed, log scale: they
     differ by orders of magnitude); and the ratio gap / bound (how much of the bound is
-    used)."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
+    used). Integer epoch ticks, one legend (the students) above the panels."""
     df = epoch_frame(reports)
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7), constrained_layout=True)
-    axes = axes.ravel()
-    for i, student in enumerate(reports):
-        sub = df.loc[student]
-        ep = sub.index.to_numpy()
-        c = f"C{i}"
-        for ax, key in zip(axes[:4], EPOCH_QUANTITIES[:4], strict=True):
-            ax.plot(ep, sub[key], "o-", ms=3, color=c, label=student)
-        axes[4].plot(ep, sub["abs_risk_gap"], "o-", ms=3, color=c, label=f"{student}: gap")
-        axes[4].plot(ep, sub["lip_W1_labelled"], "s--", ms=3, color=c, label=f"{student}: bound")
-        axes[5].plot(ep, sub["gap_over_bound"], "o-", ms=3, color=c, label=student)
-    for ax, key in zip(axes, EPOCH_QUANTITIES, strict=True):
-        ax.set(title=_TITLES[key], xlabel="epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[4].set_yscale("log")
-    axes[5].set_ylim(bottom=0)
-    axes[0].legend(fontsize=8)
-    axes[4].legend(fontsize=7)
-    fig.suptitle("Theorem 4.1 on stored test features, teacher's head h_T fixed")
-    return fig
+    with style.figure_style():
+        fig, axes = style.new_figure(3, 2, height=7.2, sharex=True)
+        axes = axes.ravel()
+        for i, student in enumerate(reports):
+            sub = df.loc[student]
+            ep = sub.index.to_numpy()
+            c = style.OKABE_ITO[i % len(style.OKABE_ITO)]
+            for ax, key in zip(axes[:4], EPOCH_QUANTITIES[:4], strict=True):
+                ax.plot(ep, sub[key], "o-", color=c, label=student)
+            axes[4].plot(ep, sub["abs_risk_gap"], "o-", color=c, label=f"{student}: gap")
+            axes[4].plot(ep, sub["lip_W1_labelled"], "s--", color=c, label=f"{student}: bound")
+            axes[5].plot(ep, sub["gap_over_bound"], "o-", color=c, label=student)
+        for ax, key in zip(axes, EPOCH_QUANTITIES, strict=True):
+            ax.set(title=_TITLES[key])
+            style.integer_epochs(ax)
+        for ax in axes[4:]:
+            ax.set(xlabel="epoch")
+        axes[4].set_yscale("log")
+        axes[5].set_ylim(bottom=0)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside upper center", ncols=min(3, len(labels)))
+        return style.finish(fig)
 
 
 def summary_frame(
@@ -634,3 +654,245 @@ def w2_crosscheck(records: Mapping[str, dict], monitors: Mapping[str, Mapping]):
                 }
             )
     return pd.DataFrame(rows).set_index(["student", "epoch"])
+
+
+# --------------------------------------------------------------------------- #
+# Tables and lines for the reader (Stylers, text of at most 80 characters)
+# --------------------------------------------------------------------------- #
+def _yes(v: Any) -> str:
+    return "yes" if bool(v) else "no"
+
+
+def bound_styled(report: theory.BoundReport, *, with_plain: bool = True, caption: str = ""):
+    """:func:`bound_table` for the reader: inequality, both sides, ``lhs / rhs``, whether it
+    holds and whether it is checked (the paper's literal step is shown, not checked)."""
+    import pandas as pd
+
+    df = bound_table(report, with_plain=with_plain).reset_index()
+    frame = pd.DataFrame(
+        {
+            "inequality (lhs <= rhs)": df["name"],
+            "lhs": df["lhs"],
+            "rhs": df["rhs"],
+            "lhs / rhs": df["ratio"],
+            "holds": df["holds"].map(_yes),
+            "checked": df["checked"].map(_yes),
+        }
+    )
+    return style.styled(
+        frame,
+        caption=caption or None,
+        formats={"lhs": "{:.4f}", "rhs": "{:.4f}", "lhs / rhs": "{:.3f}"},
+        drop_constant=False,
+    )
+
+
+def convergence_styled(results: Mapping[Any, theory.W2Convergence]):
+    """:func:`convergence_frame` for the reader: per case and ``n``, the empirical ``W_2``
+    (mean and std over repeats) and its error; the closed form and the fitted rate of each
+    case are said once in the caption."""
+    import pandas as pd
+
+    df = convergence_frame(results).reset_index()
+    notes = [
+        f"{label}: closed form W2 = {c.closed_form:.4f}, fitted rate n^{c.slope:.2f}"
+        for label, c in results.items()
+    ]
+    frame = pd.DataFrame(
+        {
+            "case": df["case"],
+            "n": df["n"],
+            "empirical W2 (mean)": df["empirical W2 (mean)"],
+            "std": df["std"],
+            "|error|": df["|error|"],
+        }
+    )
+    return style.styled(
+        frame,
+        caption="; ".join(notes) + ".",
+        formats={"empirical W2 (mean)": "{:.4f}", "std": "{:.4f}", "|error|": "{:.4f}"},
+        drop_constant=False,
+    )
+
+
+def sweep_styled(reports: Mapping[float, theory.BoundReport]):
+    """The risk gap and the three bounds of Theorem 4.1 per ``eps`` of
+    :func:`synthetic_sweep` (the numbers of :func:`sweep_figure`)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        [
+            {
+                "ε": e,
+                "|R_S − R_T|": abs(r.risk_gap),
+                "Lip·W1 (labels)": r.lipschitz * r.W1_labelled,
+                "Lip·mean gap": r.lipschitz * r.coupling_gap,
+                "Lip·max gap": r.lipschitz * r.max_gap,
+            }
+            for e, r in reports.items()
+        ]
+    )
+    fmt = "{:.4f}"
+    return style.styled(
+        frame, formats={"ε": "{:g}"} | {c: fmt for c in frame.columns[1:]}, drop_constant=False
+    )
+
+
+def summary_styled(summary):
+    """:func:`summary_frame` for the reader: one column per student, one line per quantity
+    (the frame transposed), each line with one format."""
+    t = summary.T
+    t.index.name = "quantity"
+    frame = t.reset_index()
+    sty = style.styled(frame, drop_constant=False)
+    for i, q in enumerate(t.index):
+        vals = t.loc[q].tolist()
+        fmt = "{:.2f}" if q.endswith("%") else style.column_format(vals)
+        sty = sty.format(fmt, subset=pd_index_slice(i, list(t.columns)), na_rep="")
+    return sty
+
+
+def pd_index_slice(row: int, cols: list):
+    """A Styler ``subset`` selecting row ``row`` (positional label of a RangeIndex) and
+    ``cols``."""
+    import pandas as pd
+
+    return pd.IndexSlice[[row], cols]
+
+
+_EPOCH_COLUMNS = {
+    "risk_teacher": ("R_T(h_T)", "{:.3f}"),
+    "risk_student": ("R_S(h_T)", "{:.3f}"),
+    "lip_W1_labelled": ("bound", "{:.3f}"),
+    "gap_over_bound": ("gap / bound", "{:.3f}"),
+    "own_test_acc": ("own acc (%)", "{:.2f}"),
+}
+
+
+def epoch_styled(epochs):
+    """:func:`epoch_frame` for the reader: per student and epoch, the two risks under
+    ``h_T``, the bound ``Lip * W1_labelled``, the fraction of it that the gap uses and (when
+    the frame has it) the student's own test accuracy (%). Seven columns at most; the
+    transport terms are in :func:`plot_bounds_over_epochs`."""
+    import pandas as pd
+
+    df = epochs.reset_index()
+    frame = pd.DataFrame({"student": df["student"], "epoch": df["epoch"]})
+    formats = {}
+    for key, (name, fmt) in _EPOCH_COLUMNS.items():
+        if key in df.columns:
+            frame[name] = 100 * df[key] if key == "own_test_acc" else df[key]
+            formats[name] = fmt
+    frame["student"] = [
+        s if i == 0 or s != prev else ""
+        for i, (s, prev) in enumerate(
+            zip(frame["student"], [None, *frame["student"][:-1]], strict=True)
+        )
+    ]
+    return style.styled(
+        frame,
+        caption="R: cross-entropy risk under the teacher's head h_T; bound: Lip · W1 (labels).",
+        formats=formats,
+        drop_constant=False,
+    )
+
+
+def looseness_styled(looseness):
+    """:func:`looseness_frame` for the reader: per student and step of the ladder, both sides,
+    their ratio and whether it holds; what each step costs is said once in the caption."""
+    import pandas as pd
+
+    df = looseness.reset_index()
+    steps = list(dict.fromkeys(df["rung"]))
+    costs = dict(zip(df["rung"], df["what it costs"], strict=True))
+    frame = pd.DataFrame(
+        {
+            "student": df["student"],
+            "step": [steps.index(r) + 1 for r in df["rung"]],
+            "lhs": df["lhs"],
+            "rhs": df["rhs"],
+            "lhs / rhs": df["ratio"],
+            "holds": df["holds"].map(_yes),
+        }
+    )
+    caption = "Steps: " + "; ".join(f"{i + 1}. {costs[r]}" for i, r in enumerate(steps)) + "."
+    return style.styled(
+        frame,
+        caption=caption,
+        formats={"lhs": "{:.4f}", "rhs": "{:.4f}", "lhs / rhs": "{:.3f}", "step": "{:d}"},
+        drop_constant=False,
+    )
+
+
+def crosscheck_styled(cross):
+    """:func:`w2_crosscheck` for the reader: logged and recomputed ``W_2^2`` per student and
+    epoch, and their relative difference."""
+    import pandas as pd
+
+    df = cross.reset_index()
+    frame = pd.DataFrame(
+        {
+            "student": df["student"],
+            "epoch": df["epoch"],
+            "logged W2²": df["logged"],
+            "recomputed W2²": df["recomputed"],
+            "rel. diff.": df["rel_diff"],
+        }
+    )
+    return style.styled(
+        frame,
+        formats={"logged W2²": "{:.4f}", "recomputed W2²": "{:.4f}", "rel. diff.": "{:.1e}"},
+        drop_constant=False,
+    )
+
+
+def _wrap(text: str, width: int = 80) -> str:
+    import textwrap
+
+    return "\n".join(
+        textwrap.fill(line, width=width, subsequent_indent="  ") for line in text.splitlines()
+    )
+
+
+def setup_text(teacher_record: Mapping, weight: Any, labels: Any) -> str:
+    """The trained part's setup in lines of at most 80 characters: the teacher's test
+    accuracy, the head's shape, the number of images checked and per class."""
+    y = np.asarray(_f64(labels), dtype=np.int64)
+    classes, counts = np.unique(y, return_counts=True)
+    per = (
+        f"{counts[0]} per class ({len(classes)} classes)"
+        if len(set(counts.tolist())) == 1
+        else ", ".join(f"{c}: {k}" for c, k in zip(classes, counts, strict=True))
+    )
+    w = _f64(weight)
+    return _wrap(
+        f"teacher test accuracy: {100 * teacher_record['final']['test_acc']:.2f} %\n"
+        f"head W: {w.shape[0]} x {w.shape[1]}\n"
+        f"images checked: {len(y)}, {per}"
+    )
+
+
+def tightness_text(summary, epochs) -> str:
+    """The numbers of "How tight is the bound?" from :func:`summary_frame` and
+    :func:`epoch_frame` (with records), one per line, at most 80 characters each."""
+    last = summary
+    rank = epochs[["lip_W1_labelled", "risk_student", "own_test_acc"]].corr(method="spearman")
+
+    def per(series, digits: int) -> str:
+        return ", ".join(f"{s} {float(v):.{digits}f}" for s, v in series.items())
+
+    lines = [
+        "bound / |risk gap| at the last epoch: " + per(last["Lip·W1_lab"] / last["|gap|"], 1),
+        "fraction of the bound used, all epochs and students: "
+        f"{epochs['gap_over_bound'].min():.3f} to {epochs['gap_over_bound'].max():.3f}",
+        f"Lip = {last['Lip'].iloc[0]:.3f}, centred {last['Lip centred'].iloc[0]:.3f}",
+        "largest slope met: " + per(last["Lip realised"], 3),
+        "step 2 ratio W1_lab / mean gap: " + per(last["W1_lab / coupling gap"], 3),
+        "step 3 ratio mean gap / max gap: " + per(last["coupling gap / max gap"], 3),
+        "W1 / W1_labelled: " + per(last["W1"] / last["W1_labelled"], 3),
+        "certified 0-1 error under h_T: " + per(last["err bound (CE/ln2)"], 3),
+        "Spearman over (student, epoch): bound vs R_S(h_T) "
+        f"{rank.loc['lip_W1_labelled', 'risk_student']:.2f}, "
+        f"bound vs own test accuracy {rank.loc['lip_W1_labelled', 'own_test_acc']:.2f}",
+    ]
+    return _wrap("\n".join(lines))
