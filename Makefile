@@ -44,7 +44,7 @@ test: setup lint unit nbval
 execute: setup
 	for nb in $(NOTEBOOKS); do \
 	  [ -f $$nb ] || continue; \
-	  $(PY) -m papermill --cwd book $$nb $$nb -f book/params/$(PROFILE).yaml -k python3 || exit 1; \
+	  $(PY) -m papermill --cwd book $$nb $$nb -f book/params/$(PROFILE)/$$(basename $$nb .ipynb).yaml -k python3 || exit 1; \
 	  $(PY) -m jupytext --sync $$nb >/dev/null || exit 1; \
 	done
 

@@ -1197,7 +1197,7 @@ def _no_data_message(
     allow = (
         "check the network and run again (torchvision fetches the official files once)"
         if download_allowed
-        else 'allow the download: download: auto in book/params/*.yaml (download="auto" in '
+        else 'allow the download: download: auto in book/params/*/*.yaml (download="auto" in '
         "the notebooks' parameters), --download on the command line, download=True in the "
         "API (needs internet, once)"
     )

@@ -9,12 +9,13 @@ does that). They check that
 * every notebook is paired with an up-to-date MyST text copy ``book/_md/<name>.md``
   (jupytext, configured in ``jupytext.toml``), and every text copy has its notebook;
 * ``_toc.yml`` lists every notebook of ``book/``, and every toc entry exists;
-* ``book/params/cpu.yaml`` and ``book/params/paper.yaml`` have the same keys (papermill
-  parameter names), and each sets ``profile`` to its own name.
+* each chapter has ``book/params/cpu/<chapter>.yaml`` and ``book/params/paper/<chapter>.yaml``
+  naming exactly its parameters, and the cpu file holds the parameters cell's defaults.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -176,25 +177,49 @@ def test_every_notebook_is_in_the_toc():
     assert not absent, f"notebooks missing from _toc.yml: {absent}"
 
 
-def _profile(name: str) -> dict:
-    path = BOOK / "params" / f"{name}.yaml"
+def _profile(name: str, chapter: str) -> dict:
+    path = BOOK / "params" / name / f"{chapter}.yaml"
+    assert path.exists(), f"{path.relative_to(ROOT)} is missing: every chapter has one per profile"
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert isinstance(data, dict), f"{path.relative_to(ROOT)} must be a YAML mapping"
     return data
 
 
-@pytest.mark.parametrize("name", PROFILES)
-def test_profile_names_itself_and_its_keys_are_identifiers(name):
-    data = _profile(name)
-    assert data.get("profile") == name, f"book/params/{name}.yaml must set profile: {name}"
-    bad = sorted(k for k in data if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k)))
-    assert not bad, f"book/params/{name}.yaml: keys must be Python identifiers: {bad}"
+def _parameters(nb: Path) -> dict:
+    """The names and default values of a notebook's ``parameters`` cell."""
+    cell = next(c for c in _code_cells(_load(nb)) if "parameters" in _tags(c))
+    values = {}
+    for node in ast.parse(_text(cell["source"])).body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, (
+            f"{nb.name}: the parameters cell holds only plain assignments"
+        )
+        values[node.targets[0].id] = ast.literal_eval(node.value)
+    return values
 
 
-def test_profiles_have_the_same_keys():
-    keys = {name: set(_profile(name)) for name in PROFILES}
-    only_cpu = sorted(keys["cpu"] - keys["paper"])
-    only_paper = sorted(keys["paper"] - keys["cpu"])
-    assert not only_cpu and not only_paper, (
-        f"keys only in cpu.yaml: {only_cpu}; keys only in paper.yaml: {only_paper}"
-    )
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_each_chapter_gets_exactly_its_own_parameters(nb):
+    """book/params/<profile>/<chapter>.yaml names exactly the chapter's parameters (papermill
+    injects nothing a chapter does not read), and the cpu file holds the cell's defaults, so
+    the page and the parameters it was executed with cannot contradict each other."""
+    cell = _parameters(nb)
+    for name in PROFILES:
+        data = _profile(name, nb.stem)
+        assert data.get("profile") == name, f"params/{name}/{nb.stem}.yaml: profile: {name}"
+        assert set(data) == set(cell), (
+            f"params/{name}/{nb.stem}.yaml: only in the file {sorted(set(data) - set(cell))}, "
+            f"only in the cell {sorted(set(cell) - set(data))}"
+        )
+    cpu = _profile("cpu", nb.stem)
+    differ = {k: (cell[k], cpu[k]) for k in cell if cell[k] != cpu[k]}
+    assert not differ, f"{nb.name}: parameters cell vs params/cpu/{nb.stem}.yaml: {differ}"
+
+
+def test_no_parameter_file_without_its_chapter():
+    stems = {nb.stem for nb in NOTEBOOKS}
+    stray = [
+        str(p.relative_to(ROOT))
+        for p in (BOOK / "params").rglob("*.yaml")
+        if p.parent.name not in PROFILES or p.stem not in stems
+    ]
+    assert not stray, f"parameter files with no chapter or profile: {stray}"
