@@ -292,7 +292,8 @@ def metric_table(
     Each row: the registry name, its Table 1 row (``-`` outside Table 1), the registry's
     description and the value on the batch ``(zs, zt, y)`` through
     :func:`kd2m.metrics.get_metric`. Metrics on logits (``hinton``) get ``zs @ head`` and
-    ``zt @ head`` (default: :func:`random_head`).
+    ``zt @ head`` (default: :func:`random_head`); metrics that read predicted probabilities
+    (``joint_wasserstein``) get their softmax, as the trainer passes them.
     """
     rows_of = {name: row for row, name in M.TABLE1_METRICS.items()}
     if head is None:
@@ -300,10 +301,15 @@ def metric_table(
     rows = []
     for name, description in M.METRICS.items():
         metric = M.get_metric(name)
+        probs = {}
+        if metric.needs_student_probs:
+            probs["ps"] = torch.softmax(zs @ head, dim=1)
+        if metric.needs_teacher_probs:
+            probs["pt"] = torch.softmax(zt @ head, dim=1)
         if metric.inputs == "logits":
-            value = metric(zs @ head, zt @ head, y)
+            value = metric(zs @ head, zt @ head, y, **probs)
         else:
-            value = metric(zs, zt, y)
+            value = metric(zs, zt, y, **probs)
         rows.append(
             {
                 "metric": name,
