@@ -192,3 +192,16 @@ def test_invalid_costs_are_refused():
     with pytest.raises(TypeError, match="torch.Tensor"):
         A.assign(np.zeros((2, 2)))  # type: ignore[arg-type]
     assert A.assign(torch.zeros(0, 0)).shape == (0,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_scipy():
+    """The GPU check: same results on CUDA, without copying the cost to the host."""
+    C = _features(128, seed=12).cuda()
+    res = A.solve(C)
+    assert res.cols.device == C.device and res.fallbacks == 0
+    _check(C, res.cols, same_cols=True)
+    P = A.pad_blocks([C[:40, :40], C[40:, 40:]])
+    cols = A.assign(P)
+    _check(C[:40, :40], cols[0, :40], same_cols=True)
+    _check(C[40:, 40:], cols[1], same_cols=True)
