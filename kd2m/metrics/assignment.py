@@ -287,20 +287,23 @@ def assign(cost: torch.Tensor, **options) -> torch.Tensor:
 def pad_blocks(blocks: Sequence[torch.Tensor], size: int | None = None) -> torch.Tensor:
     r"""Stack square costs of different sizes into one ``(B, N, N)`` batch, exactly.
 
-    Block ``C`` (``m x m``) becomes ``[[C, K], [K, 0]]`` (``N x N``) with the constant
-    ``K = max(max C, 0) + (max C - min C)`` (``+ 1`` when ``C`` is constant). The first
-    ``m`` columns of the padded optimum are an optimum of ``C``.
+    Block ``C`` (``m x m``) becomes ``[[C, K], [K, K (1 - I)]]`` (``N x N``) with the
+    constant ``K = max(max C, 0) + (max C - min C)`` (``+ 1`` when ``C`` is constant). The
+    real rows of the padded optimum take the real columns, as an optimum of ``C``.
 
     Proof: let an assignment of the padded matrix send ``r`` real rows to padding
     columns; then exactly ``r`` padding rows take real columns (counting), and its
-    cost is ``P + 2 r K`` with ``P`` the cost of the ``m - r`` real-real pairs.
-    Completing those pairs with any matching of the ``r`` leftover real rows and
+    cost is ``>= P + 2 r K`` with ``P`` the cost of the ``m - r`` real-real pairs (the
+    padding block is ``>= 0``). Completing those pairs with any matching of the ``r`` leftover real rows and
     columns gives an assignment of ``C``, so ``OPT(C) <= P + r max C``, i.e. the
     padded cost is ``>= OPT(C) + r (2K - max C)``. ``2K - max C > 0`` by the choice of
-    ``K``, while ``r = 0`` (an optimum of ``C`` plus any padding permutation, all zero)
-    costs ``OPT(C)``: every optimum has ``r = 0``, and its real block is optimal for
-    ``C``. The margin ``r (2K - max C) >= 2 r (max C - min C)`` is far above the
-    solver's tolerance. ``size`` (default: the largest block) must be >= every block.
+    ``K``, while ``r = 0`` (an optimum of ``C`` plus the identity on the padding, whose
+    diagonal is zero) costs ``OPT(C)``: every optimum has ``r = 0``, and its real block
+    is optimal for ``C``. The margin ``r (2K - max C) >= 2 r (max C - min C)`` (``>= r``
+    for a constant block) is far above the solver's tolerance. ``K`` off the padding's
+    diagonal (rather than zeros) leaves the padding a unique optimum: identical padding
+    rows would start a long price war in the auction. ``size`` (default: the largest
+    block) must be >= every block.
     """
     if len(blocks) == 0:
         raise ValueError("pad_blocks needs at least one block")
@@ -323,6 +326,7 @@ def pad_blocks(blocks: Sequence[torch.Tensor], size: int | None = None) -> torch
         out[k, :m, :m] = b
         out[k, :m, m:] = K
         out[k, m:, :m] = K
+        out[k, m:, m:] = K * (1 - torch.eye(N - m, dtype=torch.float64, device=ref.device))
     return out
 
 
@@ -330,10 +334,11 @@ def class_mask_cost(cost: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     r"""``cost + K [y_i != y_j]``: one problem whose optimum solves every class at once.
 
     Rows and columns are the same images (``y`` labels both), so class ``c`` has ``n_c``
-    rows and ``n_c`` columns. With ``K = max(max C, 0) + (max C - min C) + 1`` every
-    optimum pairs rows and columns of the same class, and restricted to class ``c``
-    it is optimal for that class's block. Proof: an assignment with ``r >= 1``
-    cross-class pairs leaves, in each class, as many unmatched rows as columns;
+    rows and ``n_c`` columns. With ``K = max(max C, 0) + (max C - min C)`` (``+ 1`` if
+    ``C`` is constant), so that ``K > max C``, every optimum pairs rows and columns of
+    the same class, and restricted to class ``c`` it is optimal for that class's block.
+    Proof: an assignment with ``r >= 1`` cross-class pairs leaves, in each class, as
+    many unmatched rows as columns;
     completing within classes with pairs costing ``<= max C`` gives a class-wise
     assignment, so its cost is ``>= OPT_classes + r (K - max C) > OPT_classes``, the cost
     of the best class-wise assignment; and a class-wise assignment is optimal iff each
@@ -346,7 +351,8 @@ def class_mask_cost(cost: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             f"cost must be (n, n) and y (n,); got {tuple(C.shape)} and {tuple(y.shape)}"
         )
     hi, lo = C.max(), C.min()
-    K = hi.clamp_min(0) + (hi - lo) + 1
+    K = hi.clamp_min(0) + (hi - lo)
+    K = torch.where(hi > lo, K, K + 1)
     y = y.to(C.device)
     return C + K * (y[:, None] != y[None, :])
 
