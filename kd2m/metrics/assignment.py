@@ -292,12 +292,12 @@ def pad_blocks(blocks: Sequence[torch.Tensor], size: int | None = None) -> torch
     real rows of the padded optimum take the real columns, as an optimum of ``C``.
 
     Proof: let an assignment of the padded matrix send ``r`` real rows to padding columns;
-    then exactly ``r`` padding rows take real columns (counting), and its cost is ``>= P + 2
-    r K`` with ``P`` the cost of the ``m - r`` real-real pairs (the padding block is ``>=
-    0``). Completing those pairs with any matching of the ``r`` leftover real rows and
-    columns gives an assignment of ``C``, so ``OPT(C) <= P + r max C``, i.e. the padded cost
-    is ``>= OPT(C) + r (2K - max C)``. ``2K - max C > 0`` by the choice of ``K``, while ``r
-    = 0`` (an optimum of ``C`` plus the identity on the padding, whose diagonal is zero)
+    then exactly ``r`` padding rows take real columns (counting), and its cost is
+    ``>= P + 2 r K`` with ``P`` the cost of the ``m - r`` real-real pairs (the padding block
+    is ``>= 0``). Completing those pairs with any matching of the ``r`` leftover real rows
+    and columns gives an assignment of ``C``, so ``OPT(C) <= P + r max C``, i.e. the padded
+    cost is ``>= OPT(C) + r (2K - max C)``. ``2K - max C > 0`` by the choice of ``K``, while
+    ``r = 0`` (an optimum of ``C`` plus the identity on the padding, whose diagonal is zero)
     costs ``OPT(C)``: every optimum has ``r = 0``, and its real block is optimal for ``C``.
     The margin ``r (2K - max C) >= 2 r (max C - min C)`` (``>= r`` for a constant block) is
     far above the solver's tolerance. ``K`` off the padding's diagonal (rather than zeros)
