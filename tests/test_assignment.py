@@ -197,8 +197,19 @@ def test_invalid_costs_are_refused():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_scipy():
     """The GPU check: same results on CUDA, without copying the cost to the host."""
+    import warnings
+
     C = _features(128, seed=12).cuda()
-    res = A.solve(C)
+    A.solve(C)  # warm-up
+    torch.cuda.set_sync_debug_mode("warn")  # one warning per host synchronisation
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = A.solve(C)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == res.syncs, [str(w.message) for w in syncs]  # no hidden syncs
     assert res.cols.device == C.device and res.fallbacks == 0
     _check(C, res.cols, same_cols=True)
     P = A.pad_blocks([C[:40, :40], C[40:, 40:]])

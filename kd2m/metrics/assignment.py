@@ -232,7 +232,7 @@ def _bid_round(c, prio, price, row_col, col_row, eps, shift, rtol, theta, ar_n, 
     vals = c + price[:, None, :]
     top = torch.topk(vals, 2, dim=2, largest=False, sorted=True)
     w1, w2 = top.values[..., 0], top.values[..., 1]
-    j = torch.where(vals == w1[..., None], prio, torch.full_like(prio, -1.0)).argmax(dim=2)
+    j = torch.where(vals == w1[..., None], prio, -1.0).argmax(dim=2)
     # epsilon scaling, problem by problem: a complete problem whose eps is above its stopping
     # eps starts its next phase (eps / theta, prices kept); only the rows that violate the
     # new eps-CS (own column more than eps above their best) are released and bid again
@@ -253,24 +253,24 @@ def _bid_round(c, prio, price, row_col, col_row, eps, shift, rtol, theta, ar_n, 
     row_col.masked_fill_(release, -1)
     bidder = row_col < 0
     bid = price.gather(1, j) + (w2 - w1) + eps[:, None]
-    bid = torch.where(bidder, bid, torch.full_like(bid, -math.inf))
+    bid = torch.where(bidder, bid, -math.inf)
     flat_j = (j + base).reshape(-1)
     best = torch.full((B * n,), -math.inf, dtype=bid.dtype, device=bid.device)
     best.scatter_reduce_(0, flat_j, bid.reshape(-1), reduce="amax")
     # winner: the lowest-index bidder with the highest bid (n = no bid)
     wins = bidder & (bid == best[flat_j].view(B, n))
-    cand = torch.where(wins, ar_n[None, :].expand(B, n), torch.full_like(row_col, n))
+    cand = torch.where(wins, ar_n[None, :], n)
     winner = torch.full((B * n,), n, dtype=torch.long, device=cand.device)
     winner.scatter_reduce_(0, flat_j, cand.reshape(-1), reduce="amin")
     winner = winner.view(B, n)
     got = winner < n  # columns that received a bid
     # release the former owners of those columns, then seat the winners
-    prev = torch.where(got & (col_row >= 0), col_row, torch.full_like(col_row, n))
+    prev = torch.where(got & (col_row >= 0), col_row, n)
     released = torch.zeros(B, n + 1, dtype=torch.bool, device=cand.device)
     released.scatter_(1, prev, True)
     row_col.masked_fill_(released[:, :n], -1)
     seat = torch.full((B, n + 1), -1, dtype=torch.long, device=cand.device)
-    seat.scatter_(1, torch.where(got, winner, torch.full_like(winner, n)), ar_n.expand(B, n))
+    seat.scatter_(1, torch.where(got, winner, n), ar_n.expand(B, n))
     row_col.copy_(torch.where(seat[:, :n] >= 0, seat[:, :n], row_col))
     col_row.copy_(torch.where(got, winner, col_row))
     price.copy_(torch.where(got, best.view(B, n), price))
@@ -282,9 +282,9 @@ def assign(cost: torch.Tensor, **options) -> torch.Tensor:
 
     ``cost``: ``(n, n)`` -> ``cols`` ``(n,)`` with ``cols[i]`` the column of row ``i``;
     ``(B, n, n)`` -> ``(B, n)``, one independent problem per slice. Minimises
-    ``sum_i cost[i, cols[i]]``; optimal to ``~2e-12`` of the cost's range (exact for
-    integer costs and on generic real costs; see the module docstring). ``options``:
-    those of :func:`solve`.
+    ``sum_i cost[i, cols[i]]``; the value is optimal to a relative ``2 rtol = 2e-12``
+    (exact for integer costs, and scipy's assignment on generic real costs; see the module
+    docstring). ``options``: those of :func:`solve`.
     """
     return solve(cost, **options).cols
 
