@@ -76,6 +76,19 @@ def _data(args) -> dict:
     }
 
 
+def _run(args, cfg):
+    """:func:`kd2m.runs.run` with the command line's data, device and progress options."""
+    from kd2m.runs import run
+
+    return run(
+        cfg,
+        folder=args.folder,
+        download=args.download,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -88,7 +101,6 @@ def _positive(text: str) -> int:
 
 def _cmd_train(args) -> int:
     from kd2m.profiles import student_config, teacher_config
-    from kd2m.runs import run
     from kd2m.train import resolve_device
 
     overrides = _overrides(args.set)
@@ -114,13 +126,7 @@ def _cmd_train(args) -> int:
             **overrides,
         )
     resolve_device(args.device)  # a device that cannot train fails before anything trains
-    rec = run(
-        cfg,
-        folder=args.folder,
-        download=args.download,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    rec = _run(args, cfg)
     f = rec["final"]
     print(
         f"{rec['name']} [{rec['hash']}]: test accuracy {100 * f['test_acc']:.2f}%, "
@@ -168,7 +174,6 @@ def _cmd_column(args) -> int:
 
     from kd2m.metrics import TABLE1_METRICS
     from kd2m.profiles import student_config
-    from kd2m.runs import run
     from kd2m.train import resolve_device
 
     overrides = _overrides(args.set)
@@ -179,13 +184,7 @@ def _cmd_column(args) -> int:
     teacher = students[0].teacher
     assert all(c.teacher == teacher for c in students)
     resolve_device(args.device)
-    rec = run(
-        teacher,
-        folder=args.folder,
-        download=args.download,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    rec = _run(args, teacher)
     print(
         f"{rec['name']}: {100 * rec['final']['test_acc']:.2f}% ({rec['wall_seconds']:.0f} s)",
         flush=True,

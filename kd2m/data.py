@@ -866,6 +866,24 @@ def _decode_all(
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
 
 
+def _not_a_tree(folder: Path) -> ValueError:
+    return ValueError(
+        f"folder={str(folder)!r} is neither a directory nor an archive "
+        f"({', '.join(ARCHIVE_SUFFIXES)})"
+    )
+
+
+def _tree_base(name: str, tree: Path) -> Path:
+    """The folder of ``tree`` that holds train/ and test/ (itself or its single subfolder)."""
+    base = _layout_root(tree)
+    if base is None:
+        raise DataNotFoundError(
+            f"{name}: no train/ and test/ folders in {tree.resolve()} (nor in a single "
+            f"subfolder of it). Expected {_LAYOUT}."
+        )
+    return base
+
+
 def _load_folder(info: DatasetInfo, root: Path, folder: Path) -> ImageData:
     if not folder.exists():
         raise DataNotFoundError(
@@ -888,16 +906,8 @@ def _load_folder(info: DatasetInfo, root: Path, folder: Path) -> ImageData:
     elif folder.is_dir():
         tree, key = folder, None
     else:
-        raise ValueError(
-            f"folder={str(folder)!r} is neither a directory nor an archive "
-            f"({', '.join(ARCHIVE_SUFFIXES)})"
-        )
-    base = _layout_root(tree)
-    if base is None:
-        raise DataNotFoundError(
-            f"{info.name}: no train/ and test/ folders in {tree.resolve()} (nor in a single "
-            f"subfolder of it). Expected PATH/train/<class>/*, PATH/test/<class>/*."
-        )
+        raise _not_a_tree(folder)
+    base = _tree_base(info.name, tree)
     prov["path"] = str(base.resolve())
     t0 = time.perf_counter()
     (train_classes, train_files), (test_classes, test_files) = (
@@ -1012,16 +1022,8 @@ def _load_image_folder(name: str, root: Path, folder: Path, image_size: int) -> 
     elif folder.is_dir():
         tree, cache_of_listing = folder, True
     else:
-        raise ValueError(
-            f"folder={str(folder)!r} is neither a directory nor an archive "
-            f"({', '.join(ARCHIVE_SUFFIXES)})"
-        )
-    base = _layout_root(tree)
-    if base is None:
-        raise DataNotFoundError(
-            f"{name}: no train/ and test/ folders in {tree.resolve()} (nor in a single "
-            f"subfolder of it). Expected {_LAYOUT}."
-        )
+        raise _not_a_tree(folder)
+    base = _tree_base(name, tree)
     prov["path"] = str(base.resolve())
     t0 = time.perf_counter()
     classes, train_files, test_files = _folder_classes(base)
