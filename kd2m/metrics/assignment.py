@@ -134,7 +134,6 @@ def solve(
     bidding-round budget (default ``200 n + 2000``); when it is spent the certificate
     fails and scipy takes over. ``seed``: of the tie-breaking priorities.
     """
-    global FALLBACKS
     cost = _check_cost(cost)
     batched = cost.dim() == 3
     C = (cost if batched else cost[None]).detach().to(torch.float64)
@@ -180,7 +179,21 @@ def solve(
         if bool(done.all()):
             break
 
-    # certificate: duality gap of (cols, prices) on the scaled cost
+    cols, gap, ok = _certify(c, C, price, row_col, shift, rtol)
+    syncs += 1  # _certify's one read of the device
+    gap = gap * scale
+    bad = (~ok).nonzero()[:, 0].tolist()
+    if bad:
+        cols, gap = _fallback(C, cols, gap, bad, f"(n = {n}, {iters} of max_iter = {max_iter})")
+    return AuctionResult(
+        cols if batched else cols[0], iters, syncs, gap if batched else gap[0], len(bad)
+    )
+
+
+def _certify(c, C, price, row_col, shift, rtol: float):
+    """Columns, duality gap of (columns, prices) on the scaled cost ``c``, and whether each
+    problem's gap is within its tolerance; raises if ``C`` holds inf or nan. One host read."""
+    n = c.shape[1]
     complete = (row_col >= 0).all(dim=1)
     cols = row_col.clamp_min(0)
     primal = c.gather(2, cols[:, :, None])[:, :, 0].sum(dim=1)
@@ -188,36 +201,34 @@ def solve(
     gap = primal - (u.sum(dim=1) - price.sum(dim=1))
     target = rtol * (primal + shift).abs().clamp(max=1.0)
     allowance = _ROUNDOFF * (primal + u.abs().sum(dim=1) + 2 * n * price.abs().amax(dim=1))
-    tol = 2 * target + allowance
-    ok = complete & (gap <= tol)
+    ok = complete & (gap <= 2 * target + allowance)
     finite = torch.isfinite(C).flatten(1).all(dim=1)
     flags = torch.stack([ok, finite]).cpu()  # the final synchronisation
-    syncs += 1
     if not bool(flags[1].all()):
         raise ValueError("cost must be finite (no inf or nan); forbid a pair with a large cost")
-    bad = (~flags[0]).nonzero()[:, 0].tolist()
-    gap = gap * scale
-    if bad:
-        from scipy.optimize import linear_sum_assignment
+    return cols, gap, flags[0]
 
-        FALLBACKS += len(bad)
-        warnings.warn(
-            f"auction assignment: certificate failed for {len(bad)} of {B} problem(s) "
-            f"(n = {n}, {iters} rounds of max_iter = {max_iter}); solved with scipy on the CPU "
-            "instead (kd2m.metrics.assignment.FALLBACKS counts these)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        cols = cols.clone()
-        gap = gap.clone()
-        host = C[bad].cpu().numpy()
-        for k, b in enumerate(bad):
-            _, col = linear_sum_assignment(host[k])
-            cols[b] = torch.as_tensor(col, device=device)
-            gap[b] = 0.0
-    return AuctionResult(
-        cols if batched else cols[0], iters, syncs, gap if batched else gap[0], len(bad)
+
+def _fallback(C, cols, gap, bad: list[int], where: str):
+    """Problems ``bad`` whose certificate failed, solved by scipy on the CPU (counted)."""
+    global FALLBACKS
+    from scipy.optimize import linear_sum_assignment
+
+    FALLBACKS += len(bad)
+    warnings.warn(
+        f"auction assignment: certificate failed for {len(bad)} of {C.shape[0]} problem(s) "
+        f"{where}; solved with scipy on the CPU instead "
+        "(kd2m.metrics.assignment.FALLBACKS counts these)",
+        RuntimeWarning,
+        stacklevel=3,
     )
+    cols, gap = cols.clone(), gap.clone()
+    host = C[bad].cpu().numpy()
+    for k, b in enumerate(bad):
+        _, col = linear_sum_assignment(host[k])
+        cols[b] = torch.as_tensor(col, device=C.device)
+        gap[b] = 0.0
+    return cols, gap
 
 
 def _bid_round(c, prio, price, row_col, col_row, eps, shift, rtol, theta, ar_n, base):
