@@ -333,7 +333,7 @@ def lambda_sweep_figure(records: dict[float, dict], *, metric: str, dataset: str
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)))
         fig.suptitle(f"{DATASET_COLUMNS.get(dataset, dataset)}: λ sweep")
-        return style.finish(fig)
+        return style.finish(fig, close=True)
 
 
 def embedding_figure(
@@ -400,4 +400,4 @@ def embedding_figure(
         for handle in legend.legend_handles:
             if handle is not None:
                 handle.set_alpha(1.0)
-        return style.finish(fig)
+        return style.finish(fig, close=True)

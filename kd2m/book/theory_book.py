@@ -304,7 +304,7 @@ def convergence_figure(results: Mapping[Any, theory.W2Convergence]):
             ax.xaxis.set_minor_locator(NullLocator())
             ax.tick_params(axis="x", labelrotation=45 if len(sizes) > 5 else 0)
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.32), ncols=1, frameon=False)
-        return style.finish(fig)
+        return style.finish(fig, close=True)
 
 
 def synthetic_features(
@@ -378,7 +378,7 @@ def sweep_figure(reports: Mapping[float, theory.BoundReport]):
             title="synthetic student → teacher",
         )
         ax.legend(loc="upper left")
-        return style.finish(fig)
+        return style.finish(fig, close=True)
 
 
 def swapped_labels_example() -> theory.BoundReport:
@@ -544,7 +544,7 @@ def plot_bounds_over_epochs(reports: Mapping[str, Sequence[theory.BoundReport]])
         axes[5].set_ylim(bottom=0)
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside upper center", ncols=min(3, len(labels)))
-        return style.finish(fig)
+        return style.finish(fig, close=True)
 
 
 def summary_frame(
