@@ -555,9 +555,15 @@ def frame(rows: list[dict], *, styled: bool = True):
     notes = []
     if len(df) >= 2:
         for c in list(df.columns[1:]):
+            known = df[c].notna()
             if df[c].map(repr).nunique() == 1:
                 v = df[c].iloc[0]
                 notes.append(f"{c}: {_FORMATS.get(c, '{}').format(v)}")
+                df = df.drop(columns=c)
+            elif known.sum() == 1:  # a value of one row only (the reference's drift check)
+                row = df[known].iloc[0]
+                v = _FORMATS.get(c, "{:.3g}").format(row[c])
+                notes.append(f"{c} ({row[df.columns[0]]}): {v}")
                 df = df.drop(columns=c)
     formats = {c: f for c, f in _FORMATS.items() if c in df.columns}
     if "time (ms)" in df.columns:

@@ -43,3 +43,13 @@ def test_bench_epoch_and_cli_json(tmp_path, capsys):
     assert {"hardware", "data"} <= set(blob)
     assert bench.load_benchmarks(tmp_path)["data"] == blob["data"]
     assert bench.frame(blob["data"], styled=False).index.name == "pipeline"
+
+
+def test_frame_says_a_one_row_value_in_the_caption_not_in_a_column_of_blanks():
+    rows = [
+        {"step": "distance-free", "seconds": 0.0097, "ratio": 1.0, "before/after": 1.1048},
+        {"step": "KD2M wasserstein", "seconds": 0.0156, "ratio": 1.61, "before/after": None},
+    ]
+    sty = bench.frame(rows)
+    assert list(sty.data.columns) == ["step", "time (ms)", "ratio"]
+    assert sty.caption == "before/after (distance-free): 1.1"

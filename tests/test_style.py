@@ -131,7 +131,7 @@ def trained():
 def test_theory_figures_fit_the_column(trained):
     res = {
         f"d = {d}": theory.sample_w2_convergence(
-            *tb.example_gaussians(d), sizes=(10, 20, 40), repeats=2
+            *studies.gaussian_pair(d, seed=0).arrays(), sizes=(10, 20, 40), repeats=2
         )
         for d in (1, 2)
     }
@@ -151,7 +151,11 @@ def test_theory_tables_for_the_column(trained):
     stylers = {
         "bound": tb.bound_styled(reps["baseline"][-1]),
         "convergence": tb.convergence_styled(
-            {"d = 2": theory.sample_w2_convergence(*tb.example_gaussians(2), sizes=(10, 20))}
+            {
+                "d = 2": theory.sample_w2_convergence(
+                    *studies.gaussian_pair(2, seed=0).arrays(), sizes=(10, 20)
+                )
+            }
         ),
         "sweep": tb.sweep_styled(tb.synthetic_sweep([0.0, 0.1], n=30, d=3)),
         "summary": tb.summary_styled(summary),

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from kd2m import theory  # noqa: E402
+from kd2m.book import studies  # noqa: E402
 from kd2m.book import theory_book as tb  # noqa: E402
 
 
@@ -85,22 +86,22 @@ def test_lipschitz_constants_are_ordered():
 # Synthetic part
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("d", [1, 2, 5])
-def test_example_gaussians(d):
-    m1, S1, m2, S2 = tb.example_gaussians(d, seed=3)
+def test_gaussian_pair_arrays_feed_the_theory(d):
+    pair = studies.gaussian_pair(d, seed=3)
+    m1, S1, m2, S2 = pair.arrays()
     assert np.linalg.norm(m1 - m2) == pytest.approx(1.0)
     for S in (S1, S2):
         assert np.allclose(S, S.T) and np.linalg.eigvalsh(S).min() > 0
-    if d == 1:
-        expected = math.sqrt(1.0 + (1.0 - math.sqrt(0.5)) ** 2)
-        assert theory.gaussian_w2_closed_form(m1, S1, m2, S2) == pytest.approx(expected)
-    with pytest.raises(ValueError):
-        tb.example_gaussians(0)
+    closed = theory.gaussian_w2_closed_form(m1, S1, m2, S2)
+    assert closed**2 == pytest.approx(pair.wasserstein(), rel=1e-9)
+    with pytest.raises(ValueError, match="d must be >= 1"):
+        studies.gaussian_pair(0, seed=0)
 
 
 def test_convergence_frame_and_figure():
     res = {
         f"d = {d}": theory.sample_w2_convergence(
-            *tb.example_gaussians(d), sizes=(10, 20, 40), repeats=2
+            *studies.gaussian_pair(d, seed=0).arrays(), sizes=(10, 20, 40), repeats=2
         )
         for d in (1, 2)
     }

@@ -173,6 +173,11 @@ class GaussianPair:
         """The population KL(N_s || N_t) (eq. (7), reference implementation)."""
         return gaussian_kl_reference(self.m_s, self.C_s, self.m_t, self.C_t)
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(m_s, C_s, m_t, C_t)`` as float64 numpy arrays (for :mod:`kd2m.theory`)."""
+        m_s, C_s, m_t, C_t = (x.numpy() for x in (self.m_s, self.C_s, self.m_t, self.C_t))
+        return m_s, C_s, m_t, C_t
+
 
 def gaussian_pair(
     d: int, seed: int, *, mean_shift: float = 1.0, spectrum: tuple[float, float] = (0.5, 2.0)
@@ -180,7 +185,10 @@ def gaussian_pair(
     """Two random Gaussians in R^d whose means are ``mean_shift`` apart.
 
     Covariances have eigenvalues uniform in ``spectrum`` and independent random eigenbases.
+    The one generator of Gaussian pairs of the book (the Metrics and Theory chapters).
     """
+    if int(d) < 1:
+        raise ValueError(f"d must be >= 1; got {d}")
     gen = _generator(seed)
     direction = torch.randn(d, generator=gen, dtype=DTYPE)
     direction = direction / direction.norm()

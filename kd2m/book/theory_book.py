@@ -4,7 +4,7 @@ The exact quantities of Lemma 4.1 / Theorem 4.1 live in :mod:`kd2m.theory`; this
 arranges them for the chapter:
 
 * **synthetic part**: two Gaussians with a closed-form ``W_2`` (paper eq. 6) and a plot of
-  the empirical estimator's error against ``n`` (:func:`example_gaussians`,
+  the empirical estimator's error against ``n`` (:func:`kd2m.book.studies.gaussian_pair`,
   :func:`convergence_figure`); synthetic teacher/student features with a random linear
   head (:func:`synthetic_features`, :func:`synthetic_sweep`, :func:`sweep_figure`); the
   example on which the paper's label-blind ``W_1`` fails (:func:`swapped_labels_example`);
@@ -45,7 +45,6 @@ __all__ = [
     "crosscheck_styled",
     "epoch_frame",
     "epoch_styled",
-    "example_gaussians",
     "head_accuracy",
     "looseness_ladder",
     "looseness_frame",
@@ -210,27 +209,6 @@ def looseness_frame(
 # --------------------------------------------------------------------------- #
 # Synthetic part
 # --------------------------------------------------------------------------- #
-def example_gaussians(d: int = 2, seed: int = 0) -> tuple[np.ndarray, ...]:
-    """Two distinct Gaussians ``N(m1, S1)``, ``N(m2, S2)`` in ``R^d`` (full covariances).
-
-    ``m1 = 0``, ``S1 = diag(1, 1/2, 1/3, ...)``; ``m2`` has entries ``1/sqrt(d)`` (so
-    ``||m1 - m2|| = 1``), ``S2 = Q diag(1/2, 1, 2, 1/2, ...) Q^T`` with a random rotation
-    ``Q`` (seeded). Returns ``(m1, S1, m2, S2)``.
-    """
-    if int(d) < 1:
-        raise ValueError(f"d must be >= 1; got {d}")
-    d = int(d)
-    rng = np.random.default_rng(seed)
-    m1 = np.zeros(d)
-    S1 = np.diag(1.0 / np.arange(1, d + 1))
-    m2 = np.full(d, 1.0 / math.sqrt(d))
-    q, r = np.linalg.qr(rng.standard_normal((d, d)))
-    q = q * np.sign(np.diag(r))
-    ev = np.resize(np.array([0.5, 1.0, 2.0]), d)
-    S2 = q @ np.diag(ev) @ q.T
-    return m1, S1, m2, 0.5 * (S2 + S2.T)
-
-
 def convergence_frame(results: Mapping[Any, theory.W2Convergence]):
     """Long DataFrame ``(label, n, mean, std, abs_error, closed_form, fitted rate)`` from
     :func:`kd2m.theory.sample_w2_convergence` results keyed by a label (e.g. ``"d = 2"``)."""
