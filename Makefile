@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LOCK ?= requirements/lock.txt
 PROFILE ?= cpu
-NOTEBOOKS = book/metrics.ipynb book/table1.ipynb book/fig2.ipynb book/fig3.ipynb book/theory.ipynb book/performance.ipynb
+NOTEBOOKS = book/metrics.ipynb book/table1.ipynb book/fig2.ipynb book/fig3.ipynb book/theory.ipynb book/theory_trained.ipynb book/performance.ipynb
 export KD2M_PROGRESS ?= 0
 
 .PHONY: setup lock test unit nbval lint execute build book clean
