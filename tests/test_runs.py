@@ -5,28 +5,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from tiny_data import tiny_cifar_folder
 
 from kd2m.profiles import student_config, teacher_config
 from kd2m.runs import RunConfig, list_runs, load_model, load_monitor, load_record, run, run_dir
-
-CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A tiny CIFAR-10-like image folder: each class has its own mean colour (learnable)."""
-    root = tmp_path_factory.mktemp("tinycifar")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 12), ("test", 4)):
-        for c, name in enumerate(CIFAR10):
-            d = root / split / name
-            d.mkdir(parents=True)
-            base = np.array([(c * 25) % 256, (c * 80) % 256, (255 - c * 25) % 256])
-            for i in range(n):
-                img = np.clip(base + rng.normal(0, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(d / f"{i:04d}.png")
-    return root
+    return tiny_cifar_folder(tmp_path_factory.mktemp("tinycifar"))
 
 
 def tiny(metric=None, lam=0.0, epochs=2, **kw):

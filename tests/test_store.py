@@ -13,36 +13,22 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_data import tiny_cifar_folder
 
 import kd2m
 from kd2m.data import load_data
 from kd2m.profiles import student_config, teacher_config
 from kd2m.runs import load_model, load_monitor, load_record, run, run_dir
 
-CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 REPO = Path(kd2m.__file__).resolve().parent.parent
-
-
-def _make_folder(root: Path, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", 12), ("test", 4)):
-        for c, name in enumerate(CIFAR10):
-            d = root / split / name
-            d.mkdir(parents=True)
-            base = np.array([(c * 25) % 256, (c * 80) % 256, (255 - c * 25) % 256])
-            for i in range(n):
-                img = np.clip(base + rng.normal(0, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(d / f"{i:04d}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    return _make_folder(tmp_path_factory.mktemp("tinycifar"))
+    return tiny_cifar_folder(tmp_path_factory.mktemp("tinycifar"))
 
 
 @pytest.fixture()
@@ -245,7 +231,7 @@ def test_finished_run_with_missing_or_changed_weights_is_trained_again(root, fol
 def test_record_from_other_data_is_not_returned(root, folder, tmp_path):
     cfg = tiny(None, epochs=1).replace(teacher=None)
     run(cfg, root=root, folder=folder, device="cpu")
-    other = _make_folder(tmp_path / "other", seed=1)
+    other = tiny_cifar_folder(tmp_path / "other", seed=1)
     with pytest.raises(ValueError, match=f"other data.*{other}"):  # DataMismatchError
         run(cfg, root=root, folder=other, device="cpu")
 
