@@ -796,15 +796,13 @@ def _prepare(
 
 
 def _attach_teacher(job: _Job, root: Path) -> None:
-    """The frozen teacher, the projector (when the feature sizes differ), the metric and
-    the teacher's features of the monitored images."""
+    """The teacher (frozen by :class:`kd2m.train.Distiller`), the projector (when the feature
+    sizes differ), the metric and the teacher's features of the monitored images."""
     cfg, dev, model = job.cfg, job.dev, job.model
     assert cfg.teacher is not None
     teacher, _ = load_model(cfg.teacher, root, device=dev)
     if dev.type == "cuda":
         teacher = teacher.to(memory_format=torch.channels_last)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     projector = None
     if model.feature_dim != teacher.feature_dim:
         torch.manual_seed(cfg.seed + 1)
