@@ -318,6 +318,48 @@ class ImageData:
         )
 
 
+    def validation(self, n_train: int | None, n_val: int, seed: int = 0) -> ImageData:
+        """The training images of :meth:`subset` ``(n_train, seed=seed)`` (the same images,
+        in the same order) with ``n_val`` other training images, stratified and drawn from
+        those the subset left out, in place of the test split: for choosing a
+        hyperparameter without looking at the test images. Raises ValueError when fewer
+        than ``n_val`` training images are left out."""
+        g = torch.Generator().manual_seed(int(seed))
+        has = f"{self.name} has {len(self.y_train)} training images"
+        itr = _stratified_indices(self.y_train, n_train, self.num_classes, g, "n_train", has)
+        rest = torch.ones(len(self.y_train), dtype=torch.bool)
+        rest[itr] = False
+        pool = torch.nonzero(rest).flatten()
+        left = f"{len(pool)} training images are left out of n_train={n_train}"
+        g_val = torch.Generator().manual_seed(int(seed) + 1)
+        iva = pool[
+            _stratified_indices(self.y_train[pool], n_val, self.num_classes, g_val, "n_val", left)
+        ]
+        x_train, y_train = self.x_train[itr], self.y_train[itr]
+        x_val, y_val = self.x_train[iva], self.y_train[iva]
+        prov = dict(self.provenance)
+        prov["subset"] = {
+            "n_train": int(len(itr)),
+            "n_val": int(len(iva)),
+            "seed": int(seed),
+            "stratified": "proportional",
+            "evaluated_on": "validation: training images outside the training subset",
+            "parent_content_sha256": self.provenance.get("content_sha256"),
+            "parent_subset": self.provenance.get("subset"),
+        }
+        prov["n_train"], prov["n_test"] = int(len(itr)), int(len(iva))
+        prov["content_sha256"] = tensor_sha256(x_train, y_train, x_val, y_val)
+        return replace(
+            self,
+            x_train=x_train,
+            y_train=y_train,
+            x_test=x_val,
+            y_test=y_val,
+            classes=list(self.classes),
+            provenance=prov,
+        )
+
+
 def stratified_counts(counts, n: int) -> torch.Tensor:
     """How many of ``n`` draws each class gets when classes of sizes ``counts`` share them in
     proportion: ``floor(counts * n / total)``, then one more for the largest remainders

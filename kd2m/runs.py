@@ -51,6 +51,7 @@ from kd2m._io import (
 from kd2m.data import DATASETS, DEFAULT_IMAGE_SIZE, ImageData, Loader, load_data
 from kd2m.metrics import METRICS, get_metric, wasserstein
 from kd2m.models import KD2MNet, build_model, make_projector
+from kd2m.stats import encode_correct
 from kd2m.train import Distiller, evaluate, fit, resolve_device
 
 __all__ = [
@@ -68,14 +69,18 @@ __all__ = [
     "RECORD_FORMAT",
 ]
 
-RECORD_FORMAT = 2  # 2: sha256 of the weights ("files"), per-epoch monitor heads, git state
-READABLE_FORMATS = (1, 2)  # format 1 records are listed and plotted, never reused by run()
+# 2: sha256 of the weights ("files"), per-epoch monitor heads, git state.
+# 3: the test set is evaluated once, after the last epoch, with per-image correctness
+#    (``final.test_correct``); every epoch is evaluated on the monitored images
+#    (``monitor_acc``, ``monitor_ce``); ``n_val`` runs are evaluated on validation images.
+RECORD_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)  # older records are listed and plotted, never reused by run()
 ROLES = ("teacher", "student")
 SOURCES = ("torchvision", "folder")
 MONITOR_SIZE = 1000  # class-balanced test images whose features are kept each epoch
 # Fields added after records were first stored: left out of the hash at their default,
 # so that the runs made before them keep their names.
-_HASH_OMITS_DEFAULT = {"image_size": DEFAULT_IMAGE_SIZE, "data_sha256": None}
+_HASH_OMITS_DEFAULT = {"image_size": DEFAULT_IMAGE_SIZE, "data_sha256": None, "n_val": None}
 
 
 def data_root() -> Path:
@@ -103,6 +108,13 @@ class RunConfig:
     :func:`kd2m.profiles.teacher_config` with ``folder=`` fills in), checked when the run
     reads the folder. ``image_size`` is the networks' input size (a folder's images are
     resized to it; the known datasets are 32x32).
+
+    ``n_val``: evaluate on ``n_val`` training images left out of the ``n_train`` subset
+    (:meth:`kd2m.data.ImageData.validation`) instead of the test set, for choosing a
+    hyperparameter (lambda) without looking at the test images.
+
+    A student's teacher sees the same dataset (and image size), but may have been trained
+    on more of its training images (``n_train``) than the student: a strong teacher.
     """
 
     role: str = "student"
@@ -128,6 +140,7 @@ class RunConfig:
     teacher: RunConfig | None = None
     image_size: int = DEFAULT_IMAGE_SIZE
     data_sha256: str | None = None
+    n_val: int | None = None
 
     def __post_init__(self):
         def bad(name, expected):
@@ -164,7 +177,7 @@ class RunConfig:
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad(name, "a positive integer")
-        for name in ("n_train", "n_test"):
+        for name in ("n_train", "n_test", "n_val"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 bad(name, "None (all images) or a positive integer")
@@ -200,13 +213,15 @@ class RunConfig:
             if self.teacher is not None:
                 if not isinstance(self.teacher, RunConfig) or self.teacher.role != "teacher":
                     bad("teacher", "a RunConfig with role='teacher'")
-                for name in ("dataset", "source", "n_train", "n_test", "image_size", "data_sha256"):
+                for name in ("dataset", "source", "image_size", "data_sha256"):
                     if getattr(self.teacher, name) != getattr(self, name):
                         raise ValueError(
                             f"teacher.{name}={getattr(self.teacher, name)!r} differs from the "
                             f"student's {name}={getattr(self, name)!r}: both must see the same "
-                            "data"
+                            "dataset"
                         )
+        if self.n_val is not None and self.role == "teacher":
+            bad("n_val", "None for a teacher (validation runs are students')")
 
     # -- identity ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -263,6 +278,7 @@ _TYPES: dict[str, tuple[type | tuple[type, ...], bool, str]] = {
     "metric": (str, True, "None or a metric name"),
     "n_train": (int, True, "None (all images) or a positive integer"),
     "n_test": (int, True, "None (all images) or a positive integer"),
+    "n_val": (int, True, "None (the test set) or a positive number of validation images"),
     "width": (int, True, "None (the architecture's default) or a positive integer"),
     "epochs": (int, False, "a positive integer"),
     "batch_size": (int, False, "a positive integer"),
@@ -298,6 +314,64 @@ def _check_types(cfg: RunConfig) -> None:
 def run_dir(cfg: RunConfig, root: Path | str | None = None) -> Path:
     root = Path(root) if root is not None else data_root()
     return root / "runs" / f"{cfg.name}-{cfg.hash}"
+
+
+def results_dirs(root: Path | str | None = None) -> list[Path]:
+    """The folders of committed results that :func:`run` reads before training: the
+    folders named in ``$KD2M_RESULTS`` (separated by ``os.pathsep``; set but empty: none),
+    else every folder under ``<root>/results``. Each holds records ``<name>-<hash>.json``
+    (as the run store writes them) and, beside some, their files ``<name>-<hash>.<file>``
+    (e.g. a teacher's ``model.pt``, a student's ``monitor.pt``)."""
+    env = os.environ.get("KD2M_RESULTS")
+    if env is not None:
+        return [Path(p) for p in env.split(os.pathsep) if p]
+    base = (Path(root) if root is not None else data_root()) / "results"
+    return sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
+
+def _committed(cfg: RunConfig, root) -> Path | None:
+    """The committed record of ``cfg`` (:func:`results_dirs`), or None."""
+    for folder in results_dirs(root):
+        path = folder / f"{cfg.name}-{cfg.hash}.json"
+        if path.is_file():
+            return path
+    return None
+
+
+def _committed_file(cfg: RunConfig, root, name: str) -> bool:
+    """Whether ``name`` (e.g. ``model.pt``) of ``cfg`` is there to load: in the run store
+    when the run is there, else committed beside its record."""
+    if (run_dir(cfg, root) / "record.json").exists():
+        return (run_dir(cfg, root) / name).exists()
+    path = _committed(cfg, root)
+    return path is not None and path.with_name(f"{path.stem}.{name}").exists()
+
+
+def _committed_record(cfg: RunConfig, root, data, teacher_rec: dict | None) -> dict | None:
+    """The committed record of ``cfg`` when it can stand for a run of it: the current
+    format, finished, made from ``cfg`` itself (its config hashes to ``cfg.hash``), from the
+    data given now (else :class:`DataMismatchError`), distilled from the teacher's weights
+    of ``teacher_rec``, and with every file committed beside it matching its sha256 (a
+    record may come without its files: the tables need only the record)."""
+    path = _committed(cfg, root)
+    if path is None:
+        return None
+    rec = load_record(path)
+    if rec.get("format") != RECORD_FORMAT or rec.get("status") != "finished":
+        return None
+    _check_same_data(rec, data, path)
+    if RunConfig.from_dict(rec["config"]).hash != cfg.hash:
+        raise ValueError(f"{path}: its config hashes to another run than {cfg.hash}")
+    stem = path.with_suffix("")
+    for name, sha in (rec.get("files") or {}).items():
+        f = stem.with_name(f"{stem.name}.{name}")
+        if f.exists() and file_sha256(f) != sha:
+            raise FileError(f, f"{f} differs from the sha256 in {path}: restore it from git")
+    if teacher_rec is not None and (rec.get("teacher") or {}).get("model_sha256") != teacher_rec[
+        "files"
+    ].get("model.pt"):
+        return None
+    return rec
 
 
 def load_record(path: Path | str) -> dict:
@@ -454,6 +528,8 @@ def _load_data(cfg: RunConfig, root: Path, folder, download: bool):
             f"for (content sha256 {found} instead of data_sha256={cfg.data_sha256}); build the "
             "config again from this folder (teacher_config / student_config with folder=)"
         )
+    if cfg.n_val is not None:
+        return data.validation(cfg.n_train, cfg.n_val, seed=0)
     if cfg.n_train is not None or cfg.n_test is not None:
         data = data.subset(cfg.n_train, cfg.n_test, seed=0)
     return data
@@ -471,6 +547,15 @@ def _verified_file(cfg: RunConfig, root, name: str) -> Path:
     run's record stores; raises naming the file and the way out otherwise."""
     d = run_dir(cfg, root)
     rec_path, path = d / "record.json", d / name
+    committed = _committed(cfg, root)
+    if not rec_path.exists() and committed is not None:
+        rec_path, path = committed, committed.with_name(f"{committed.stem}.{name}")
+        if not path.exists():
+            raise FileNotFoundError(
+                f"run {cfg.name} is committed in {committed.parent} without its {name}: "
+                f"train it into the run store with kd2m.runs.run(config) "
+                f"(KD2M_RESULTS= to ignore the committed records)"
+            )
     if not rec_path.exists():
         raise FileNotFoundError(
             f"{rec_path} does not exist: train the run first with "
@@ -641,18 +726,22 @@ def run(
     device: str | torch.device = "auto",
     progress: bool | None = None,
     stop_after: int | None = None,
+    need_model: bool = False,
 ) -> dict:
     """Return the record of ``cfg``, training it (and its teacher) first if needed.
 
-    A finished run is loaded, not retrained, once its files match the sha256 its record
-    stores and its data (content sha256) is the data given now; a finished record whose
-    weights are missing or differ is trained again (with a warning), one made from other
-    data raises :class:`DataMismatchError`. An interrupted run resumes from its checkpoint
-    (when the checkpoint matches its record). Processes asking for the same run train it
-    once: the others wait for the run directory's lock, then load the record.
-    ``stop_after=k`` stops after epoch ``k`` as a kill would (for tests), leaving a
-    ``"running"`` record and a checkpoint. ``progress=None`` reads ``$KD2M_PROGRESS``
-    (``0`` turns bars off), default on.
+    A committed record (:func:`results_dirs`) of ``cfg`` is returned first, without its
+    weights unless they were committed beside it. A finished run is loaded, not
+    retrained, once its files match the sha256 its record stores and its data (content
+    sha256) is the data given now; a finished record whose weights are missing or differ
+    is trained again (with a warning), one made from other data raises
+    :class:`DataMismatchError`. An interrupted run resumes from its checkpoint (when the
+    checkpoint matches its record). Processes asking for the same run train it once: the
+    others wait for the run directory's lock, then load the record. ``stop_after=k``
+    stops after epoch ``k`` as a kill would (for tests), leaving a ``"running"`` record
+    and a checkpoint. ``need_model``: a committed record without its ``model.pt`` does
+    not do (the run is trained into the store). ``progress=None`` reads
+    ``$KD2M_PROGRESS`` (``0`` turns bars off), default on.
 
     The steps: the teacher (``run`` of it), the data and the reuse check
     (:func:`_reusable_record`); then, under the run directory's lock, :func:`_prepare`
@@ -673,10 +762,25 @@ def run(
             cfg.teacher, root=root, folder=folder, download=download, device=dev, progress=progress
         )
     data = _load_data(cfg, root, folder, download)
+    rec = _committed_record(cfg, root, data, teacher_rec)
+    if rec is not None and (not need_model or _committed_file(cfg, root, "model.pt")):
+        return rec
     d = run_dir(cfg, root)
     rec = _reusable_record(d, data, teacher_rec, repair=False)
     if rec is not None:
         return rec
+    if cfg.teacher is not None and not _committed_file(cfg.teacher, root, "model.pt"):
+        # a student to train needs its teacher's weights: a teacher committed without
+        # them is trained into the store (students committed for it are then not reused)
+        teacher_rec = run(
+            cfg.teacher,
+            root=root,
+            folder=folder,
+            download=download,
+            device=dev,
+            progress=progress,
+            need_model=True,
+        )
     probe_writable(d)  # a read-only or full store fails now, not after the first epoch
     with path_lock(d / "run.lock", f"run {cfg.name}"):
         rec = _reusable_record(d, data, teacher_rec, repair=True)  # finished while we waited?
@@ -711,6 +815,7 @@ class _Job:
     projector_dims: tuple[int, int] | None = None
     teacher_feats: torch.Tensor | None = None
     monitor: dict = field(default_factory=dict)
+    test: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
     started: str = ""
     wall_before: float = 0.0
@@ -759,7 +864,8 @@ def _prepare(
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     # The monitor: a fixed, class-balanced set of test images (the first of each class in
-    # test order), whose features are kept every epoch for Fig. 3 and the theory chapter.
+    # test order; validation images for an n_val run), evaluated after every epoch (the
+    # learning curves) and whose features are kept for Fig. 3 and the theory chapter.
     mon_idx = _monitor_indices(data.y_test, MONITOR_SIZE)
     monitor_loader = Loader(
         data.x_test[mon_idx],
@@ -809,10 +915,44 @@ def _attach_teacher(job: _Job, root: Path) -> None:
         projector = make_projector(model.feature_dim, teacher.feature_dim).to(dev)
         job.projector_dims = (model.feature_dim, teacher.feature_dim)
     metric = get_metric(cfg.metric, **cfg.metric_options) if cfg.metric else None
-    job.distiller = Distiller(teacher=teacher, metric=metric, lam=cfg.lam, projector=projector)
+    job.distiller = Distiller(
+        teacher=teacher,
+        metric=metric,
+        lam=cfg.lam,
+        projector=projector,
+        teacher_cache=_teacher_cache(job) if metric is not None else None,
+    )
     job.teacher_feats = evaluate(
         teacher, job.monitor_loader, device=dev, keep_features=len(job.monitor_loader.y)
     )["features"]
+
+
+# The teacher's outputs on the batches of the last (teacher, data, seed, batching) a student
+# trained with in this process: the students of one seed see exactly the same batches.
+_TEACHER_MEMO: dict[tuple, dict] = {}
+
+
+def _teacher_cache(job: _Job) -> dict | None:
+    """The shared teacher-output cache of ``job``'s batches (:class:`kd2m.train.Distiller`),
+    on the CPU only: there the teacher's forward pass is a third of a student's step and
+    the runs of a table train one after another in one process; on a GPU it is cheap and
+    the outputs of a whole run would take memory."""
+    if job.dev.type != "cpu":
+        return None
+    cfg = job.cfg
+    assert job.teacher_rec is not None
+    key = (
+        job.teacher_rec["files"]["model.pt"],
+        job.data.provenance.get("content_sha256"),
+        cfg.seed,
+        cfg.batch_size,
+        job.hflip,
+        cfg.epochs,
+    )
+    if key not in _TEACHER_MEMO:
+        _TEACHER_MEMO.clear()
+        _TEACHER_MEMO[key] = {}
+    return _TEACHER_MEMO[key]
 
 
 def _resume(job: _Job) -> dict | None:
@@ -845,7 +985,6 @@ def _train(job: _Job, state: dict | None, *, progress: bool, stop_after: int | N
     return fit(
         job.model,
         train_loader=job.train_loader,
-        test_loader=job.test_loader,
         epochs=cfg.epochs,
         lr=cfg.lr,
         momentum=cfg.momentum,
@@ -860,13 +999,17 @@ def _train(job: _Job, state: dict | None, *, progress: bool, stop_after: int | N
 
 
 def _monitor_epoch(job: _Job, row: dict) -> None:
-    """The student's features of the monitored images after this epoch (projected into the
-    teacher's space when the sizes differ), their squared W2 and mean gap to the teacher's
-    (added to ``row``), and the student's head. Nothing without a teacher."""
-    if job.teacher_feats is None:
-        return
+    """The student's accuracy and cross-entropy on the monitored images after this epoch
+    (``monitor_acc``, ``monitor_ce``: the learning curves; the test set itself is
+    evaluated once, after the last epoch). With a teacher also the student's features of
+    those images (projected into the teacher's space when the sizes differ), their squared
+    W2 and mean gap to the teacher's (added to ``row``), and the student's head."""
     teacher_feats = job.teacher_feats
-    test = evaluate(job.model, job.monitor_loader, device=job.dev, keep_features=len(teacher_feats))
+    keep = 0 if teacher_feats is None else len(teacher_feats)
+    test = evaluate(job.model, job.monitor_loader, device=job.dev, keep_features=keep)
+    row["monitor_acc"], row["monitor_ce"] = test["test_acc"], test["test_ce"]
+    if teacher_feats is None:
+        return
     zs = test["features"]
     projector = job.distiller.projector if job.distiller is not None else None
     if projector is not None:
@@ -898,11 +1041,15 @@ def _save_epoch(job: _Job, st: dict) -> None:
 def _record(job: _Job, history: list[dict], status: str, wall: float, files: dict) -> dict:
     """The JSON record of ``job`` with ``history`` so far and the sha256 of its ``files``."""
     cfg, data, teacher_rec = job.cfg, job.data, job.teacher_rec
-    final = (
-        {k: history[-1][k] for k in ("test_acc", "test_ce", "train_acc", "train_ce")}
-        if history
-        else {}
-    )
+    final = {k: history[-1][k] for k in ("train_acc", "train_ce")} if history else {}
+    if job.test:
+        final |= {
+            "test_acc": job.test["test_acc"],
+            "test_ce": job.test["test_ce"],
+            "test_n": len(job.test["correct"]),
+            "test_correct": encode_correct(job.test["correct"]),
+            "evaluated_on": "validation" if cfg.n_val is not None else "test",
+        }
     return {
         "format": RECORD_FORMAT,
         "name": cfg.name,
@@ -934,8 +1081,11 @@ def _record(job: _Job, history: list[dict], status: str, wall: float, files: dic
 
 
 def _finish(job: _Job, history: list[dict]) -> dict:
-    """Step 4: the final weights (and projector), the monitor, the finished record with
+    """Step 4: the evaluation on the test set (or the validation images) with per-image
+    correctness, the final weights (and projector), the monitor, the finished record with
     their sha256; the checkpoint is removed last."""
+    # the test set (or the validation images), once, with each image's correctness
+    job.test = evaluate(job.model, job.test_loader, device=job.dev, per_image=True)
     wall = job.wall()
     proj = job.distiller.projector if job.distiller is not None else None
     atomic_torch_save(

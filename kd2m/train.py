@@ -117,12 +117,19 @@ class Distiller:
     ``metric`` follows :class:`DistillationMetric` (e.g. :func:`kd2m.metrics.get_metric`).
     With ``lam == 0`` and a metric the distance is still computed (without gradient) and
     recorded, which is what Fig. 2 plots for ``lambda = 0``.
+
+    ``teacher_cache``: a dict ``step key -> (logits_t, feats_t)`` shared by the students of
+    one seed (they see exactly the same batches, and the frozen teacher is deterministic),
+    so that the teacher's forward pass runs once per batch and seed instead of once per
+    student: the key is ``(epoch, step)`` of the loader, whose batches depend only on its
+    seed and the epoch. Exact on the CPU (the same input gives the same output bits).
     """
 
     teacher: nn.Module
     metric: DistillationMetric | None = None
     lam: float = 0.0
     projector: nn.Module | None = None
+    teacher_cache: dict | None = None
 
     def __post_init__(self) -> None:
         # frozen: eval mode (BatchNorm uses and keeps its running statistics), no gradient
@@ -130,14 +137,26 @@ class Distiller:
         for p in self.teacher.parameters():
             p.requires_grad_(False)
 
-    def terms(self, logits_s, feats_s, x, y) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def teacher_outputs(self, x, key=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen teacher's ``(logits, features)`` of batch ``x`` (from
+        ``teacher_cache[key]`` when the students of this seed already computed them)."""
+        if self.teacher_cache is not None and key is not None and key in self.teacher_cache:
+            return self.teacher_cache[key]
+        with torch.no_grad():
+            out = self.teacher(x)
+        if self.teacher_cache is not None and key is not None:
+            self.teacher_cache[key] = out
+        return out
+
+    def terms(
+        self, logits_s, feats_s, x, y, key=None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(D, lambda * D)``: the distance (0-dim, float32+, recorded) and the weighted term
         added to the cross-entropy (None when ``lam == 0``); ``(None, None)`` without a
-        metric."""
+        metric. ``key``: the batch's ``(epoch, step)`` for :attr:`teacher_cache`."""
         if self.metric is None:
             return None, None
-        with torch.no_grad():
-            logits_t, feats_t = self.teacher(x)
+        logits_t, feats_t = self.teacher_outputs(x, key)
         if self.metric.inputs == "logits":
             zs, zt = logits_s, logits_t
         else:
@@ -166,12 +185,17 @@ def make_optimizer(
     return opt, sched
 
 
-def train_step(model, x, y, opt, *, device: torch.device, distiller: Distiller | None = None):
+def train_step(
+    model, x, y, opt, *, device: torch.device, distiller: Distiller | None = None, key=None
+):
     """One SGD step on ``CE + lambda * D`` (eq. 1; ``lambda = distiller.lam``). Returns
-    ``(logits, ce, D)`` (``D`` is None without a metric)."""
+    ``(logits, ce, D)`` (``D`` is None without a metric). ``key``: the batch's
+    ``(epoch, step)``, for the distiller's teacher cache."""
     with _autocast(device):
         logits, feats = model(x)
-        dist, term = (None, None) if distiller is None else distiller.terms(logits, feats, x, y)
+        dist, term = (
+            (None, None) if distiller is None else distiller.terms(logits, feats, x, y, key)
+        )
     ce = F.cross_entropy(logits.float(), y)
     loss = ce + term if term is not None else ce
     opt.zero_grad(set_to_none=True)
@@ -211,8 +235,10 @@ def train_epoch(
         disable=not progress,
         leave=False,
     )
-    for x, y in bar:
-        logits, ce, dist = train_step(model, x, y, opt, device=device, distiller=distiller)
+    for step, (x, y) in enumerate(bar):
+        logits, ce, dist = train_step(
+            model, x, y, opt, device=device, distiller=distiller, key=(epoch, step)
+        )
         n = y.shape[0]
         seen += n
         sum_ce += ce.detach().double() * n
@@ -230,20 +256,28 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model, loader, *, device: torch.device, keep_features: int = 0) -> dict:
+def evaluate(
+    model, loader, *, device: torch.device, keep_features: int = 0, per_image: bool = False
+) -> dict:
     """Test cross-entropy and accuracy; with ``keep_features > 0`` also the first
-    ``keep_features`` feature vectors (float32, on the CPU)."""
+    ``keep_features`` feature vectors (float32, on the CPU); with ``per_image`` also
+    ``correct``, whether each image (in the loader's order) was classified correctly
+    (bool, on the CPU: the per-image paired tests of Table 1 read it)."""
     model.eval()
     sum_ce = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     feats = []
+    hits = []
     kept = 0
     for x, y in loader.epoch(0):
         with _autocast(device):
             logits, z = model(x)
         sum_ce += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum()
+        hit = logits.argmax(1) == y
+        correct += hit.sum()
+        if per_image:
+            hits.append(hit.cpu())
         seen += y.shape[0]
         if kept < keep_features:
             take = min(keep_features - kept, y.shape[0])
@@ -252,6 +286,8 @@ def evaluate(model, loader, *, device: torch.device, keep_features: int = 0) -> 
     out: dict = {"test_ce": (sum_ce / seen).item(), "test_acc": correct.item() / seen}
     if keep_features:
         out["features"] = torch.cat(feats)
+    if per_image:
+        out["correct"] = torch.cat(hits)
     return out
 
 
@@ -259,7 +295,6 @@ def fit(
     model,
     *,
     train_loader,
-    test_loader,
     epochs: int,
     lr: float,
     momentum: float,
@@ -271,12 +306,14 @@ def fit(
     on_epoch_end: Callable[[dict, dict], None] | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Algorithm 1: train ``model`` for ``epochs`` epochs and return the per-epoch history.
+    """Algorithm 1: train ``model`` for ``epochs`` epochs and return the per-epoch history
+    (training loss terms and accuracy, learning rate, seconds).
 
-    ``state`` (from a checkpoint: model, projector, optimiser and scheduler states, history)
-    resumes after its last finished epoch. After every epoch ``on_epoch_end(row, state)`` is
-    called with the epoch's record row (which it may extend with monitors) and the full
-    resumable state, which the caller writes to disk.
+    What is measured on held-out images is the caller's: ``on_epoch_end(row, state)`` is
+    called after every epoch with the epoch's record row (which it may extend, e.g. with
+    the accuracy on a monitored set of test images) and the full resumable state (model,
+    projector, optimiser and scheduler states, history), which the caller writes to disk.
+    ``state`` (such a checkpoint) resumes after its last finished epoch.
     The data order of epoch ``k`` depends only on the loader's seed and ``k``, so a resumed
     run replays exactly the batches of an uninterrupted one.
     """
@@ -310,7 +347,6 @@ def fit(
             )
         )
         sched.step()
-        row.update(evaluate(model, test_loader, device=device))
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         if on_epoch_end is not None:
