@@ -12,6 +12,7 @@ Layers, each knowing only those below it::
     ---------- the library: no plotting, dataframe or notebook package is imported ----------
     kd2m.profiles       the two scales (cpu, paper) as plain values -> RunConfig
     kd2m.runs           config -> run record on disk (hashed, resumable, atomic writes)
+    kd2m.stats          paired comparisons of Table 1's rows: over seeds (t) and test images
     kd2m.theory         Theorem 4.1 quantities on features, exact OT in float64
     kd2m.train          Algorithm 1: one loop for teacher, baseline and KD2M
     kd2m.models         encoder g + head h; forward returns (logits, features)
