@@ -19,6 +19,7 @@ LIBRARY = [
     "kd2m.train",
     "kd2m.runs",
     "kd2m.profiles",
+    "kd2m.sweep",
     "kd2m.theory",
     "kd2m.__main__",
 ]
