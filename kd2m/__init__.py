@@ -8,8 +8,9 @@ Layers, each knowing only those below it::
       .studies            the Metrics chapter's numerical studies on synthetic features
       .theory_book        the Theory chapter's tables and figures over kd2m.theory
     kd2m.bench          benchmarks (tooling): ``python -m kd2m.bench``
-    kd2m.__main__       command line: ``python -m kd2m {train,column,list,metrics,profiles}``
+    kd2m.__main__       command line: ``python -m kd2m {train,column,sweep,list,metrics,profiles}``
     ---------- the library: no plotting, dataframe or notebook package is imported ----------
+    kd2m.sweep          Table 1 of a profile as runs, trained through submitit (here or Slurm)
     kd2m.profiles       the two scales (cpu, paper) as plain values -> RunConfig
     kd2m.runs           config -> run record on disk (hashed, resumable, atomic writes)
     kd2m.stats          paired comparisons of Table 1's rows: over seeds (t) and test images

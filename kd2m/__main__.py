@@ -1,4 +1,4 @@
-"""Command line: ``python -m kd2m {train,list,metrics,profiles}``.
+"""Command line: ``python -m kd2m {train,column,sweep,list,metrics,profiles}``.
 
 Examples::
 
@@ -9,6 +9,9 @@ Examples::
         # any image folder (PATH/train/<class>/*, PATH/test/<class>/*) or .tar.gz of one
     python -m kd2m train student  --profile paper --metric wasserstein --lam 1e-4 --download
     python -m kd2m column --profile paper --parallel 7 --folder ...   # a Table 1 column
+    python -m kd2m sweep --profile paper --dry-run                    # every run of Table 1
+    python -m kd2m sweep --profile paper --executor slurm --time 120 --gpus-per-node 1 \
+        --folder cifar10=../shared/datasets/cifar10-jpeg.tar.gz --download
     python -m kd2m train student  --profile cpu --metric gaussian_kl --set epochs=2 --set seed=1
     python -m kd2m list
 
@@ -163,66 +166,141 @@ def _cmd_metrics(args) -> int:
     return 0
 
 
+def _split(values: list[str] | None, flag: str, kind=str) -> list | None:
+    """``--flag a,b c`` -> ``[a, b, c]`` (each converted by ``kind``); None when not given."""
+    if values is None:
+        return None
+    out = []
+    for text in (v for value in values for v in value.split(",") if v.strip()):
+        try:
+            out.append(kind(text.strip()))
+        except ValueError:
+            raise UsageError(f"{flag} {text!r}: expected {kind.__name__} values") from None
+    return out
+
+
+def _folder_map(specs: list[str], datasets: list[str]) -> dict[str, str]:
+    """``--folder [DATASET=]PATH`` (repeatable) -> ``{dataset: path}``; a bare PATH is the
+    folder of the one dataset swept."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if sep and name and not any(c in name for c in "/\\~"):
+            out[name] = path
+        elif len(datasets) == 1:
+            out[datasets[0]] = spec
+        else:
+            raise UsageError(
+                f"--folder {spec!r} names no dataset and {len(datasets)} are swept "
+                f"({', '.join(datasets)}): use --folder DATASET=PATH"
+            )
+    unknown = sorted(set(out) - set(datasets))
+    if unknown:
+        raise UsageError(f"--folder {unknown[0]}=...: {unknown[0]} is not among the datasets swept")
+    return out
+
+
+_SLURM_FLAGS = ("partition", "time", "gpus_per_node", "cpus_per_task", "mem_gb", "slurm_option")
+
+
+def _check_executor_flags(args) -> None:
+    """Flags that the chosen executor does not use are refused, not ignored."""
+    from kd2m.sweep import EXECUTORS
+
+    if args.executor not in EXECUTORS:
+        raise UsageError(f"--executor {args.executor!r}: expected one of {', '.join(EXECUTORS)}")
+    if args.executor != "slurm":
+        given = [f for f in _SLURM_FLAGS if getattr(args, f) not in (None, [])]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UsageError(f"{flag} is an option of --executor slurm, not {args.executor}")
+    elif args.time is None:
+        raise UsageError("--executor slurm needs --time MINUTES (each job's time limit)")
+    if args.executor != "local" and args.parallel != 1:
+        raise UsageError(
+            f"--parallel is an option of --executor local (debug runs one job at a time, "
+            f"Slurm schedules the jobs), not {args.executor}"
+        )
+
+
+def _sweep(args, *, datasets, folders, rows, metrics) -> int:
+    """Plan the runs; print them (``--dry-run``), train them here or submit them to Slurm."""
+    import os
+
+    from kd2m import sweep as sw
+    from kd2m.runs import data_root
+    from kd2m.train import resolve_device
+
+    fig2 = _split(args.fig2_lambdas, "--fig2-lambdas", float)
+    if args.fig2_metric and not fig2:
+        raise UsageError("--fig2-metric needs --fig2-lambdas")
+    runs = sw.plan(
+        args.profile,
+        datasets,
+        rows=rows,
+        metrics=metrics,
+        seeds=_split(args.seeds, "--seeds", int),
+        lam=args.lam,
+        fig2_lambdas=fig2,
+        fig2_metric=args.fig2_metric,
+        overrides=_overrides(args.set),
+        folders=folders,
+    )
+    if args.dry_run:
+        print("\n".join(sw.describe(runs)))
+        return 0
+    _check_executor_flags(args)
+    root = str(data_root().resolve())
+    log_dir = args.log_dir or sw.default_log_dir(root)
+    if args.executor == "slurm":
+        slurm = sw.slurm_parameters(
+            time_min=args.time,
+            partition=args.partition,
+            gpus_per_node=args.gpus_per_node,
+            cpus_per_task=args.cpus_per_task,
+            mem_gb=args.mem_gb,
+            options=_overrides(args.slurm_option, "--slurm-option"),
+        )
+        options = sw.RunOptions(root, args.download, args.device, False, args.cpus_per_task)
+        ex = sw.make_executor("slurm", log_dir, slurm)
+        sw.submit_slurm(runs, ex, options=options, slurm=slurm)
+        return 0
+    resolve_device(args.device)  # a device that cannot train fails before anything trains
+    if args.executor == "local":  # the jobs see the GPUs this process sees
+        env = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        threads = max(1, (os.cpu_count() or 2) // args.parallel)
+        options = sw.RunOptions(root, args.download, args.device, False, threads, env)
+    else:
+        progress = False if args.no_progress else None  # None: $KD2M_PROGRESS, default on
+        options = sw.RunOptions(root, args.download, args.device, progress)
+    ex = sw.make_executor(args.executor, log_dir)
+    failed = sw.run_here(runs, ex, parallel=args.parallel, options=options)
+    return 1 if failed else 0
+
+
+def _cmd_sweep(args) -> int:
+    from kd2m.sweep import default_datasets
+
+    datasets = _split(args.datasets, "--datasets") or default_datasets(args.profile)
+    folders = _folder_map(args.folder, datasets)
+    rows = _split(args.rows, "--rows")
+    return _sweep(args, datasets=datasets, folders=folders, rows=rows, metrics=None)
+
+
 def _cmd_column(args) -> int:
-    """Teacher first, then the baseline and every Table 1 metric, ``--parallel`` at a time.
+    """One Table 1 column: ``sweep`` on one dataset with the local executor (teacher
+    first, then the baseline and every metric, ``--parallel`` at a time).
 
     Students are independent once the teacher is stored, so on a GPU several processes
     share the device (the networks at 32x32 are launch-bound, not FLOP-bound).
     """
-    import os
-    import subprocess
+    from kd2m.data import folder_name
 
-    from kd2m.metrics import TABLE1_METRICS
-    from kd2m.profiles import student_config
-    from kd2m.train import resolve_device
-
-    overrides = _overrides(args.set)
-    metrics = [None] + (args.metrics or list(TABLE1_METRICS.values()))
-    # every student's config first (bad metrics or values fail before anything trains); the
-    # teacher trained here is exactly the one the students distil from
-    students = [student_config(args.profile, metric=m, **_data(args), **overrides) for m in metrics]
-    teacher = students[0].teacher
-    assert all(c.teacher == teacher for c in students)
-    resolve_device(args.device)
-    rec = _run(args, teacher)
-    print(
-        f"{rec['name']}: {100 * rec['final']['test_acc']:.2f}% ({rec['wall_seconds']:.0f} s)",
-        flush=True,
-    )
-    common = [
-        sys.executable,
-        "-m",
-        "kd2m",
-        "train",
-        "--profile",
-        args.profile,
-        "--dataset",
-        teacher.dataset,
-        "--device",
-        args.device,
-        "--no-progress",
-    ]
-    common += ["--folder", args.folder] if args.folder else []
-    for pair in args.set:
-        common += ["--set", pair]
-    jobs = [
-        common[:4]
-        + ["baseline" if m is None else "student"]
-        + common[4:]
-        + ([] if m is None else ["--metric", m])
-        for m in metrics
-    ]
-    env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.parallel))}
-    failed = 0
-    running: list[subprocess.Popen] = []
-    for job in jobs:
-        while len(running) >= args.parallel:
-            running[0].wait()
-            failed += running.pop(0).returncode != 0
-        running.append(subprocess.Popen(job, env=env))
-    for p in running:
-        failed += p.wait() != 0
-    return 1 if failed else 0
+    dataset = args.dataset or (folder_name(args.folder) if args.folder else "cifar10")
+    folders = {dataset: args.folder} if args.folder else {}
+    metrics = args.metrics or None
+    rows = [] if metrics else None
+    return _sweep(args, datasets=[dataset], folders=folders, rows=rows, metrics=metrics)
 
 
 def _cmd_profiles(args) -> int:
@@ -230,6 +308,84 @@ def _cmd_profiles(args) -> int:
 
     print(json.dumps(PROFILES, indent=1))
     return 0
+
+
+_SWEEP_HELP = """Table 1 of a profile as runs: per dataset the teacher, then for each seed the
+baseline student and one student per Table 1 row (kd2m.metrics.TABLE1_METRICS), as the
+book builds them (the same run directories); optionally the Fig. 2 lambda grid.
+--dry-run lists them with what the run store holds; otherwise they are trained through
+submitit: --executor local (--parallel processes here, teachers first), debug (in this
+process) or slurm (one job per teacher, its students one job array after it:
+afterok). Runs already finished are not submitted again. Jobs on several nodes share
+the run store safely: kd2m.runs.run() holds a lock file per run directory while it
+trains (the store must be on a shared file system with file locks); a run asked for
+twice is trained once. Lists take commas or spaces: --seeds 1,2,3."""
+
+
+def _add_column(sub):
+    c = sub.add_parser(
+        "column", help="one Table 1 column: teacher, baseline, six metrics (a local sweep)"
+    )
+    c.add_argument("--profile", default="cpu")
+    c.add_argument("--dataset", default=None)
+    c.add_argument("--metrics", nargs="*", help="default: the six Table 1 metrics")
+    c.add_argument("--parallel", type=_positive, default=1, help="students trained at once (>= 1)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--folder")
+    c.add_argument("--download", action="store_true")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=_cmd_column, executor="local", dry_run=False, log_dir=None)
+    c.set_defaults(seeds=None, lam=None, fig2_lambdas=None, fig2_metric=None)
+    c.set_defaults(**{f: [] if f == "slurm_option" else None for f in _SLURM_FLAGS})
+    return c
+
+
+def _add_sweep(sub):
+    w = sub.add_parser(
+        "sweep",
+        help="Table 1 as runs: dry run, local processes or Slurm jobs (submitit)",
+        description=_SWEEP_HELP,
+    )
+    w.add_argument("--profile", default="cpu", help="cpu or paper (default cpu)")
+    w.add_argument("--executor", default="local", help="local (default), slurm or debug")
+    w.add_argument("--dry-run", action="store_true", help="list the runs; submit nothing")
+    w.add_argument(
+        "--datasets", nargs="+", help="default: cpu cifar10; paper svhn,cifar10,cifar100"
+    )
+    w.add_argument("--rows", nargs="+", help="Table 1 rows (default: every row)")
+    w.add_argument("--seeds", nargs="+", help="student seeds (default: the profile's)")
+    w.add_argument("--lam", type=float, help="lambda of the rows (default: the profile's)")
+    w.add_argument("--fig2-lambdas", nargs="+", help="add one student per lambda (Fig. 2)")
+    w.add_argument("--fig2-metric", help="the metric of --fig2-lambdas (default wasserstein)")
+    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    w.add_argument(
+        "--folder",
+        action="append",
+        default=[],
+        metavar="[DATASET=]PATH",
+        help="image folder or .tar.gz of a dataset (repeatable; a bare PATH: the one "
+        "dataset swept); the others come through torchvision",
+    )
+    w.add_argument("--download", action="store_true", help="let torchvision download data")
+    w.add_argument("--device", default="auto")
+    w.add_argument("--no-progress", action="store_true", help="no progress bars (debug)")
+    w.add_argument("--parallel", type=_positive, default=1, help="local: runs at once")
+    w.add_argument("--log-dir", help="submitit's folder (default: data/sweeps/<timestamp>)")
+    w.add_argument("--partition", help="slurm: partition")
+    w.add_argument("--time", type=_positive, help="slurm: each job's time limit, minutes")
+    w.add_argument("--gpus-per-node", type=_positive, help="slurm: GPUs per job")
+    w.add_argument("--cpus-per-task", type=_positive, help="slurm: CPUs per job")
+    w.add_argument("--mem-gb", type=_positive, help="slurm: memory per job (GB)")
+    w.add_argument(
+        "--slurm-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="slurm: any other sbatch option, e.g. account=abc (repeatable)",
+    )
+    w.set_defaults(func=_cmd_sweep)
+    return w
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,23 +429,14 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--device", default="auto")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_cmd_train)
-    c = sub.add_parser("column", help="one Table 1 column: teacher, baseline, six metrics")
-    c.add_argument("--profile", default="cpu")
-    c.add_argument("--dataset", default=None)
-    c.add_argument("--metrics", nargs="*", help="default: the six Table 1 metrics")
-    c.add_argument("--parallel", type=_positive, default=1, help="students trained at once (>= 1)")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    c.add_argument("--folder")
-    c.add_argument("--download", action="store_true")
-    c.add_argument("--device", default="auto")
-    c.add_argument("--no-progress", action="store_true")
-    c.set_defaults(func=_cmd_column)
+    c = _add_column(sub)
+    w = _add_sweep(sub)
     ls = sub.add_parser("list", help="list stored runs")
     ls.add_argument("--root", default=None, help="data root (default: $KD2M_DATA or ./data)")
     ls.set_defaults(func=_cmd_list)
     sub.add_parser("metrics", help="list registered metrics").set_defaults(func=_cmd_metrics)
     sub.add_parser("profiles", help="print the profiles").set_defaults(func=_cmd_profiles)
-    for p in (parser, t, c, ls):
+    for p in (parser, t, c, w, ls):
         p.add_argument(
             "--debug",
             action="store_true",

@@ -20,6 +20,7 @@ LIBRARY = [
     "kd2m.runs",
     "kd2m.profiles",
     "kd2m.stats",
+    "kd2m.sweep",
     "kd2m.theory",
     "kd2m.__main__",
 ]

@@ -239,42 +239,32 @@ def test_cli_option_parsing_and_early_errors(root, capsys):
     assert "temperature" in capsys.readouterr().err
 
 
-def test_cli_column_trains_the_teacher_then_launches_every_student(
-    root, folder, capsys, monkeypatch
-):
-    import subprocess
+def test_cli_column_trains_the_teacher_then_every_student(root, folder, capsys, monkeypatch):
+    """`column` is a local sweep of one dataset (kd2m.sweep, submitit's LocalExecutor): the
+    teacher first, then the students, --parallel at a time; a failed student fails the
+    command and names its error, the others are trained."""
+    from pathlib import Path
 
+    import kd2m
     from kd2m.__main__ import main
-    from kd2m.metrics import TABLE1_METRICS
 
-    launched = []
-    real_popen = subprocess.Popen
-
-    class FakeProcess:
-        def __init__(self, args, env):
-            launched.append((args, env))
-            self.returncode = 1 if "gaussian_kl" in args else 0
-
-        def wait(self):
-            return self.returncode
-
-    def popen(args, *rest, **kw):  # only the students' `python -m kd2m train` are faked
-        if list(args[1:3]) == ["-m", "kd2m"]:
-            return FakeProcess(args, kw["env"])
-        return real_popen(args, *rest, **kw)
-
-    monkeypatch.setenv("KD2M_DATA", str(root))
-    monkeypatch.setattr(subprocess, "Popen", popen)
-    sets = ["epochs=1", "width=4", "n_train=null", "n_test=null", "batch_size=32"]
+    store = root / "column"
+    monkeypatch.setenv("KD2M_DATA", str(store))
+    monkeypatch.setenv("PYTHONPATH", str(Path(kd2m.__file__).resolve().parent.parent))
+    small = {"epochs": 1, "width": 4, "n_train": None, "n_test": None, "batch_size": 32}
+    broken = student_config("cpu", "cifar10", "gaussian_kl", source="folder", **small)
+    run_dir(broken, store).mkdir(parents=True)
+    (run_dir(broken, store) / "record.json").write_text("{not json")  # fails its job
     args = ["column", "--dataset", "cifar10", "--folder", str(folder), "--device", "cpu"]
-    args += ["--no-progress"]
-    args += ["--parallel", "2"] + [a for s in sets for a in ("--set", s)]
+    args += ["--no-progress", "--parallel", "2", "--metrics", "wasserstein", "gaussian_kl"]
+    args += [a for k, v in small.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     assert main(args) == 1  # one student failed: the command says so
-    assert "cifar10-resnet20-teacher" in capsys.readouterr().out  # trained (or loaded) first
-    roles = [a[a.index("train") + 1] for a, _ in launched]
-    metrics = [a[a.index("--metric") + 1] if "--metric" in a else None for a, _ in launched]
-    assert roles == ["baseline"] + ["student"] * len(TABLE1_METRICS)
-    assert metrics == [None, *TABLE1_METRICS.values()]
-    for a, env in launched:
-        assert a[a.index("--folder") + 1] == str(folder) and a.count("--set") == len(sets)
-        assert int(env["OMP_NUM_THREADS"]) >= 1
+    out = capsys.readouterr().out
+    assert out.index("cifar10-resnet20-teacher") < out.index("cifar10-resnet8-baseline")
+    failed = [line for line in out.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and "gaussian_kl" in failed[0] and "record.json" in failed[0]
+    for metric in (None, "wasserstein"):
+        cfg = student_config("cpu", "cifar10", metric, source="folder", **small)
+        rec = load_record(run_dir(cfg, store))
+        assert rec["status"] == "finished" and rec["data"]["folder"] == str(folder.resolve())
+        assert rec["teacher"]["hash"] == broken.teacher.hash
