@@ -317,7 +317,6 @@ class ImageData:
             provenance=prov,
         )
 
-
     def validation(self, n_train: int | None, n_val: int, seed: int = 0) -> ImageData:
         """The training images of :meth:`subset` ``(n_train, seed=seed)`` (the same images,
         in the same order) with ``n_val`` other training images, stratified and drawn from

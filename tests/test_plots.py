@@ -149,7 +149,7 @@ def test_profile_table_shows_both_profiles():
     assert row["training images"] == "all" and "ResNet34" in row["teacher"]
     cpu = dict(zip(data["setting"], data["cpu"], strict=True))
     assert cpu["training images"] == f"{PROFILES['cpu']['n_train']:,}"
-    assert cpu["epochs (teacher / student)"] == "10 / 5"
+    assert cpu["epochs (teacher / student)"] == "30 / 5"
 
 
 def test_sweep_table_one_line_per_lambda():

@@ -8,7 +8,17 @@ import torch
 from tiny_data import tiny_cifar_folder
 
 from kd2m.profiles import student_config, teacher_config
-from kd2m.runs import RunConfig, list_runs, load_model, load_monitor, load_record, run, run_dir
+from kd2m.runs import (
+    RECORD_FORMAT,
+    RunConfig,
+    list_runs,
+    load_model,
+    load_monitor,
+    load_record,
+    run,
+    run_dir,
+)
+from kd2m.stats import decode_correct
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +46,7 @@ def root(tmp_path_factory):
 def test_teacher_baseline_and_kd2m_records(root, folder):
     cfg = tiny("wasserstein", lam=0.05)
     rec = run(cfg, root=root, folder=folder, device="cpu")
-    assert rec["status"] == "finished" and rec["format"] == 2
+    assert rec["status"] == "finished" and rec["format"] == RECORD_FORMAT == 3
     assert rec["config"] == cfg.to_dict() and rec["hash"] == cfg.hash
     assert [h["epoch"] for h in rec["history"]] == [1, 2]
     keys = {
@@ -45,8 +55,8 @@ def test_teacher_baseline_and_kd2m_records(root, folder):
         "train_ce",
         "train_distill",
         "train_acc",
-        "test_ce",
-        "test_acc",
+        "monitor_ce",
+        "monitor_acc",
         "seconds",
         "test_feature_w2",
         "test_feature_gap",
@@ -61,6 +71,11 @@ def test_teacher_baseline_and_kd2m_records(root, folder):
     assert rec["data"]["n_train"] == 120 and rec["data"]["source"] == "folder"
     assert {"torch", "torchvision", "pot"} <= set(rec["versions"])
     assert rec["wall_seconds"] > 0
+    # the test set is evaluated once, at the end, with each image's correctness
+    f = rec["final"]
+    correct = decode_correct(f["test_correct"], f["test_n"])
+    assert f["test_n"] == rec["data"]["n_test"] and correct.mean() == f["test_acc"]
+    assert f["evaluated_on"] == "test" and "test_acc" not in rec["history"][-1]
     # the teacher was trained on the way and has its own record and weights
     trec = load_record(run_dir(cfg.teacher, root))
     assert trec["status"] == "finished" and trec["history"][0]["train_distill"] is None
@@ -105,7 +120,8 @@ def test_lambda_zero_with_metric_records_but_does_not_train_on_it(root, folder):
     assert zero["history"][0]["train_distill"] > 0
     for a, b in zip(base["history"], zero["history"], strict=True):
         assert a["train_ce"] == pytest.approx(b["train_ce"], rel=1e-6)
-        assert a["test_acc"] == b["test_acc"]
+        assert a["monitor_acc"] == b["monitor_acc"]
+    assert base["final"]["test_correct"] == zero["final"]["test_correct"]
 
 
 @pytest.mark.parametrize(
@@ -134,8 +150,14 @@ def test_config_errors_name_the_value():
         RunConfig(metric="wasserstien", teacher=RunConfig(role="teacher"))
     with pytest.raises(ValueError, match="teacher"):
         RunConfig(metric="wasserstein", lam=1.0)
-    with pytest.raises(ValueError, match="n_train"):
-        RunConfig(n_train=10, teacher=RunConfig(role="teacher", n_train=20))
+    with pytest.raises(ValueError, match="teacher.source='folder'.*same dataset"):
+        RunConfig(teacher=RunConfig(role="teacher", source="folder"))
+    # a teacher may have seen more training images than its student (a strong teacher)
+    assert RunConfig(n_train=10, teacher=RunConfig(role="teacher", n_train=None)).n_train == 10
+    with pytest.raises(ValueError, match="n_val=0"):
+        RunConfig(n_val=0)
+    with pytest.raises(ValueError, match="n_val=5.*teacher"):
+        RunConfig(role="teacher", n_val=5)
     with pytest.raises(ValueError, match="profile='laptop'"):
         teacher_config("laptop", "cifar10")
     with pytest.raises(ValueError, match="unknown override"):

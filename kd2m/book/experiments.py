@@ -12,7 +12,13 @@ import numpy as np
 
 from kd2m.data import DATASETS, DEFAULT_IMAGE_SIZE, resolve_source
 from kd2m.metrics import TABLE1_METRICS
-from kd2m.profiles import folder_fields, student_config, teacher_config, teacher_overrides
+from kd2m.profiles import (
+    check_teacher,
+    folder_fields,
+    student_config,
+    teacher_config,
+    teacher_overrides,
+)
 from kd2m.runs import RunConfig, load_monitor, load_records, run
 
 __all__ = [
@@ -22,6 +28,8 @@ __all__ = [
     "student_configs",
     "table1_configs",
     "table1_runs",
+    "calibration_configs",
+    "calibrate",
     "sweep_configs",
     "sweep_runs",
     "embedding_panels",
@@ -121,30 +129,42 @@ def table1_configs(
     source: str,
     overrides: dict | None = None,
     folder=None,
+    lams: dict[str, float] | None = None,
 ) -> dict[str, list[RunConfig]]:
-    """``{"teacher": [...], "baseline": [...], "E1": [...], ...}``: one config per seed (the
-    teacher is trained once, with the profile's seed, and shared by every student)."""
+    """``{"teacher": [...], "baseline": [...], "KD": [...], "E1": [...], ...}``: one config
+    per seed (the teacher is trained once, with the profile's seed, and shared by every
+    student). ``lams``: lambda per row (e.g. chosen on the validation split), else the
+    profile's (:func:`kd2m.profiles.student_config`)."""
     unknown = [r for r in rows if r not in TABLE1_METRICS]
     if unknown:
         raise ValueError(f"rows={unknown}: expected Table 1 rows among {sorted(TABLE1_METRICS)}")
     overrides = _with_data_hash(dataset, folder, overrides)
     teacher = teacher_config(profile, dataset, source=source, **teacher_overrides(overrides))
-    per_seed = [
-        student_configs(
-            profile,
-            dataset,
-            [TABLE1_METRICS[r] for r in rows],
-            seed=s,
-            source=source,
-            overrides=overrides,
-            teacher=teacher,
-        )
-        for s in seeds
-    ]
-    out = {"teacher": [teacher], "baseline": [c["baseline"] for c in per_seed]}
-    for row in rows:
-        out[row] = [c[TABLE1_METRICS[row]] for c in per_seed]
+    out: dict[str, list[RunConfig]] = {"teacher": [teacher]}
+    for row in ["baseline", *rows]:
+        metric = None if row == "baseline" else TABLE1_METRICS[row]
+        lam = (lams or {}).get(row) if metric is not None else None
+        out[row] = [
+            student_config(
+                profile,
+                dataset,
+                metric,
+                lam=lam,
+                seed=s,
+                source=source,
+                teacher=teacher,
+                **overrides,
+            )
+            for s in seeds
+        ]
     return out
+
+
+def _run_all(configs, args: dict, device, progress) -> list[dict]:
+    return [
+        run(c, folder=args["folder"], download=args["download"], device=device, progress=progress)
+        for c in configs
+    ]
 
 
 def table1_runs(
@@ -158,9 +178,16 @@ def table1_runs(
     device: str = "auto",
     overrides: dict | None = None,
     progress: bool | None = None,
+    lams: dict[str, float] | None = None,
 ) -> dict[str, dict[str, list[dict]]]:
-    """Records for Table 1: ``records[row][dataset] = [record per seed]``, trained or loaded."""
-    records: dict[str, dict[str, list[dict]]] = {}
+    """Records for Table 1: ``records[row][dataset] = [record per seed]``, trained or loaded.
+
+    Seed by seed: the baseline first, then (once the teacher is checked to beat it by the
+    profile's margin, :func:`kd2m.profiles.check_teacher`) every row, so that the rows of
+    a seed share the teacher's outputs on their common batches. The check is strict
+    unless ``overrides`` change the teacher (a dry run); its lines are in
+    ``records["checks"]``."""
+    records: dict[str, dict[str, list[dict]]] = {"checks": {}}
     for ds in datasets:
         args = data_args(ds, folders, download)
         cfgs = table1_configs(
@@ -170,20 +197,101 @@ def table1_runs(
             seeds,
             source=args["source"],
             overrides=overrides,
+            lams=lams,
             **_folder_of(ds, args),
         )
-        for row, row_cfgs in cfgs.items():
-            records.setdefault(row, {})[ds] = [
-                run(
-                    c,
-                    folder=args["folder"],
-                    download=args["download"],
-                    device=device,
-                    progress=progress,
-                )
-                for c in row_cfgs
-            ]
+        strict = not teacher_overrides(overrides)
+        (teacher,) = _run_all(cfgs["teacher"], args, device, progress)
+        records.setdefault("teacher", {})[ds] = [teacher]
+        checks = records["checks"].setdefault(ds, [])
+        for i in range(len(seeds)):
+            (base,) = _run_all([cfgs["baseline"][i]], args, device, progress)
+            checks.append(check_teacher(profile, teacher, base, strict=strict))
+            records.setdefault("baseline", {}).setdefault(ds, []).append(base)
+            for row in rows:
+                (rec,) = _run_all([cfgs[row][i]], args, device, progress)
+                records.setdefault(row, {}).setdefault(ds, []).append(rec)
     return records
+
+
+def calibration_configs(
+    profile: str,
+    dataset: str,
+    rows: list[str],
+    grid: list[float],
+    seed: int,
+    n_val: int,
+    *,
+    source: str,
+    overrides: dict | None = None,
+    folder=None,
+) -> dict[str, dict[float, RunConfig]]:
+    """``{"baseline": {0.0: cfg}, row: {lam: cfg, ...}}``: students evaluated on ``n_val``
+    training images left out of their training subset (``RunConfig.n_val``), never on the
+    test set, one per row and lambda of ``grid``."""
+    cfgs = table1_configs(
+        profile,
+        dataset,
+        [],
+        [seed],
+        source=source,
+        folder=folder,
+        overrides=dict(overrides or {}) | {"n_val": n_val},
+    )
+    teacher = cfgs["teacher"][0]
+    out: dict[str, dict[float, RunConfig]] = {"baseline": {0.0: cfgs["baseline"][0]}}
+    for row in rows:
+        out[row] = {
+            float(lam): cfgs["baseline"][0].replace(
+                metric=TABLE1_METRICS[row], lam=float(lam), teacher=teacher
+            )
+            for lam in grid
+        }
+    return out
+
+
+def calibrate(
+    profile: str,
+    dataset: str,
+    rows: list[str],
+    grid: list[float],
+    seed: int,
+    n_val: int,
+    *,
+    folders: dict | None = None,
+    download: bool | str = "auto",
+    device: str = "auto",
+    overrides: dict | None = None,
+    progress: bool | None = None,
+) -> tuple[dict[str, float], dict[str, dict[float, dict]]]:
+    """Lambda per row chosen on the validation split: the lambda of ``grid`` with the best
+    validation accuracy (ties: the smaller). Returns ``(chosen, records)`` with
+    ``records[row][lam]`` (and ``records["baseline"][0.0]``) for the table of the choice.
+    An empty ``grid`` chooses nothing (the profile's lambda)."""
+    if not grid:
+        return {}, {}
+    args = data_args(dataset, folders, download)
+    cfgs = calibration_configs(
+        profile,
+        dataset,
+        rows,
+        grid,
+        seed,
+        n_val,
+        source=args["source"],
+        overrides=overrides,
+        **_folder_of(dataset, args),
+    )
+    recs = {
+        row: dict(zip(per, _run_all(per.values(), args, device, progress), strict=True))
+        for row, per in cfgs.items()
+    }
+    chosen = {
+        row: max(sorted(per), key=lambda lam, per=per: per[lam]["final"]["test_acc"])
+        for row, per in recs.items()
+        if row != "baseline"
+    }
+    return chosen, recs
 
 
 def sweep_configs(
