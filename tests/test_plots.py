@@ -145,10 +145,12 @@ def test_profile_table_shows_both_profiles():
     data = sty.data
     assert list(data.columns) == ["setting", "cpu", "paper"]
     row = dict(zip(data["setting"], data["paper"], strict=True))
-    assert row["λ (distillation weight)"] == f"{PROFILES['paper']['lam']:g}"
-    assert row["training images"] == "all" and "ResNet34" in row["teacher"]
+    assert row["λ of KD2M (of the Hinton control)"] == "0.0001 (1)"
+    assert row["training images (teacher / student)"] == "all / all"
+    assert "ResNet34" in row["teacher"] and row["teacher must beat the baseline by"] == "5 points"
+    assert row["SGD lr (teacher / student), cosine to"] == "0.1 / 0.01, 0.0001"
     cpu = dict(zip(data["setting"], data["cpu"], strict=True))
-    assert cpu["training images"] == f"{PROFILES['cpu']['n_train']:,}"
+    assert cpu["training images (teacher / student)"] == "all / 5,000"
     assert cpu["epochs (teacher / student)"] == "30 / 5"
 
 

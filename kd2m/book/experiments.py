@@ -30,6 +30,7 @@ __all__ = [
     "table1_runs",
     "calibration_configs",
     "calibrate",
+    "calibrate_all",
     "sweep_configs",
     "sweep_runs",
     "embedding_panels",
@@ -178,9 +179,10 @@ def table1_runs(
     device: str = "auto",
     overrides: dict | None = None,
     progress: bool | None = None,
-    lams: dict[str, float] | None = None,
+    lams: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, dict[str, list[dict]]]:
     """Records for Table 1: ``records[row][dataset] = [record per seed]``, trained or loaded.
+    ``lams[dataset][row]``: the lambda of a row (:func:`calibrate_all`), else the profile's.
 
     Seed by seed: the baseline first, then (once the teacher is checked to beat it by the
     profile's margin, :func:`kd2m.profiles.check_teacher`) every row, so that the rows of
@@ -197,7 +199,7 @@ def table1_runs(
             seeds,
             source=args["source"],
             overrides=overrides,
-            lams=lams,
+            lams=(lams or {}).get(ds),
             **_folder_of(ds, args),
         )
         strict = not teacher_overrides(overrides)
@@ -428,3 +430,21 @@ def results_table(folder: str | Path):
         f"wall time per run {min(secs):.0f} to {max(secs):.0f} s."
     )
     return table1(recs, caption=caption)
+
+
+def calibrate_all(
+    profile: str,
+    datasets: list[str],
+    rows: list[str],
+    grid: list[float],
+    seed: int,
+    n_val: int,
+    **kw,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, dict[float, dict]]]]:
+    """:func:`calibrate` on each dataset, for the KD2M rows among ``rows`` (the Hinton
+    control keeps its profile's lambda): ``(chosen[dataset][row], records[dataset])``."""
+    kd2m_rows = [r for r in rows if r != "KD"]
+    chosen, records = {}, {}
+    for ds in datasets:
+        chosen[ds], records[ds] = calibrate(profile, ds, kd2m_rows, grid, seed, n_val, **kw)
+    return chosen, records

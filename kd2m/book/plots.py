@@ -19,20 +19,30 @@ from kd2m.book import style
 
 __all__ = [
     "DATASET_COLUMNS",
+    "calibration_table",
+    "paired_rows",
+    "paired_table",
+    "table1_glue",
+    "table1_numbers",
+    "teacher_line",
     "embedding_figure",
+    "gaps_frame",
+    "gaps_glue",
     "lambda_sweep_figure",
     "mean_accuracy",
     "paper_table1",
     "profile_table",
     "runs_table",
+    "sweep_glue",
     "sweep_table",
     "table1",
     "table1_frame",
 ]
 
 DATASET_COLUMNS = {"svhn": "SVHN", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-ROW_ORDER = ("teacher", "baseline", "E1", "E2", "E3", "G1", "G2", "G3")
-"""Table 1's rows in the book's order: the teacher, the student alone, then the KD2M rows."""
+ROW_ORDER = ("teacher", "baseline", "KD", "E1", "E2", "E3", "G1", "G2", "G3")
+"""Table 1's rows in the book's order: the teacher, the student alone, the Hinton control
+(logit distillation), then the KD2M rows."""
 NOT_RUN = "not run"
 
 
@@ -66,11 +76,13 @@ def _metric_label(row: str) -> str:
         return "—"
     if row == "baseline":
         return "none (λ = 0)"
+    if row == "KD":
+        return "hinton (control)"
     return TABLE1_METRICS.get(row, "—")
 
 
 def _ordered(rows) -> list[str]:
-    rows = list(rows)
+    rows = [r for r in rows if r != "checks"]  # table1_runs' teacher-margin lines
     known = [r for r in ROW_ORDER if r in rows]
     return known + [r for r in rows if r not in ROW_ORDER]
 
@@ -243,18 +255,23 @@ def profile_table(profiles: tuple[str, ...] = ("cpu", "paper")):
     cols = {}
     for name in profiles:
         p = PROFILES[name]
-        t_epochs = p["teacher"].get("epochs", p["epochs"])
+        t = {k: p["teacher"].get(k, p[k]) for k in ("epochs", "n_train", "lr", "weight_decay")}
         cols[name] = {
             "teacher": _arch(p["teacher"]),
             "student": _arch(p["student"]),
-            "epochs (teacher / student)": f"{t_epochs} / {p['epochs']}",
-            "training images": _images(p["n_train"], "all"),
+            "epochs (teacher / student)": f"{t['epochs']} / {p['epochs']}",
+            "training images (teacher / student)": (
+                f"{_images(t['n_train'], 'all')} / {_images(p['n_train'], 'all')}"
+            ),
             "test images": _images(p["n_test"], "all"),
             "batch size": str(p["batch_size"]),
-            "SGD lr (cosine to)": f"{p['lr']:g} ({p['lr_min']:g})",
-            "momentum, weight decay": f"{p['momentum']:g}, {p['weight_decay']:g}",
-            "λ (distillation weight)": f"{p['lam']:g}",
-            "seed": str(p["seed"]),
+            "SGD lr (teacher / student), cosine to": f"{t['lr']:g} / {p['lr']:g}, {p['lr_min']:g}",
+            "momentum, weight decay (teacher / student)": (
+                f"{p['momentum']:g}, {t['weight_decay']:g} / {p['weight_decay']:g}"
+            ),
+            "λ of KD2M (of the Hinton control)": f"{p['lam']:g} ({p['lams']['hinton']:g})",
+            "teacher must beat the baseline by": f"{p['teacher_margin']:g} points",
+            "seed of the teacher": str(p["seed"]),
             "ImageNet weights": "yes" if p["pretrained"] else "no",
         }
     frame = pd.DataFrame(cols)
@@ -305,8 +322,9 @@ def _lambda_colors(lams: list[float]) -> dict[float, str]:
 
 
 def lambda_sweep_figure(records: dict[float, dict], *, metric: str, dataset: str):
-    """Fig. 2: per epoch, the train cross-entropy, the train distillation loss and the test
-    accuracy, one curve per lambda (``records[lam] = record``); one legend under the panels.
+    """Fig. 2: per epoch, the train cross-entropy, the train distillation loss and the
+    accuracy on the 1,000 monitored test images (the whole test set is evaluated once, at
+    the end), one curve per lambda (``records[lam] = record``); one legend under the panels.
 
     Three panels in a row at the column's width, integer epoch ticks, lambda = 0 (the
     baseline) in black and the other lambdas in Okabe-Ito colours."""
@@ -324,10 +342,10 @@ def lambda_sweep_figure(records: dict[float, dict], *, metric: str, dataset: str
             d = [r["train_distill"] for r in h]
             if all(v is not None for v in d):
                 axes[1].plot(ep, d, label=label, **kw)
-            axes[2].plot(ep, [100 * r["test_acc"] for r in h], label=label, **kw)
+            axes[2].plot(ep, [100 * r["monitor_acc"] for r in h], label=label, **kw)
         axes[0].set(title="train CE", xlabel="epoch")
         axes[1].set(title=f"train D ({metric})", xlabel="epoch", yscale="log")
-        axes[2].set(title="test accuracy (%)", xlabel="epoch")
+        axes[2].set(title="accuracy, 1,000 test images (%)", xlabel="epoch")
         for ax in axes:
             style.integer_epochs(ax)
         handles, labels = axes[0].get_legend_handles_labels()
@@ -401,3 +419,228 @@ def embedding_figure(
             if handle is not None:
                 handle.set_alpha(1.0)
         return style.finish(fig, close=True)
+
+
+# --------------------------------------------------------------------------- Table 1 statistics
+
+
+def _lam_of(recs: list[dict]) -> str:
+    lams = sorted({float(r["config"]["lam"]) for r in recs})
+    return "/".join(f"{lam:g}" for lam in lams)
+
+
+def paired_rows(records: dict[str, dict[str, list[dict]]], dataset: str) -> list[dict]:
+    """Every student row of ``records`` (baseline first) compared with the baseline on
+    ``dataset``, paired by seed (:func:`kd2m.stats.compare_rows`) on the seeds the row
+    shares with the baseline (``n_seeds``), each with its ``metric`` and ``lam``."""
+    from kd2m.stats import compare_rows
+
+    rows = [r for r in _ordered(records) if r != "teacher"]
+    per = {r: records[r][dataset] for r in rows if records[r].get(dataset)}
+    base = per["baseline"]
+    out = compare_rows({"baseline": base})
+    for row, recs in per.items():
+        if row != "baseline":
+            seeds = {r["config"]["seed"] for r in recs}
+            shared = [r for r in base if r["config"]["seed"] in seeds]
+            out.append(compare_rows({"baseline": shared, row: recs})[1])
+    for line in out:
+        line["metric"] = _metric_label(line["row"])
+        line["lam"] = _lam_of(per[line["row"]])
+    return out
+
+
+def _p(p: float) -> str:
+    if math.isnan(p):
+        return "—"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def paired_table(records: dict[str, dict[str, list[dict]]], dataset: str):
+    """Table 1 as a paired comparison (a Styler): per row its lambda, the test accuracy
+    (mean ± std over seeds, %), the mean paired difference to the baseline on the same
+    seeds with its 95 % t interval and p-value, the test images that only the baseline /
+    only the row classified correctly (summed over seeds) with the exact McNemar p-value,
+    and a mark where the interval excludes zero."""
+    import pandas as pd
+
+    lines = []
+    for c in paired_rows(records, dataset):
+        line = {
+            "row": c["row"],
+            "metric": c["metric"],
+            "λ": c["lam"],
+            "accuracy (%)": _fmt(c["mean"], c["sd"]),
+        }
+        if c["row"] != "baseline":
+            line |= {
+                "difference (points)": f"{c['diff']:+.2f}",
+                "95 % interval": f"[{c['low']:+.2f}, {c['high']:+.2f}]",
+                "p (seeds)": _p(c["p_seeds"]),
+                "images right only in baseline / row": f"{c['base_only']} / {c['other_only']}",
+                "p (images)": _p(c["p_images"]),
+                "interval excludes 0": (
+                    ("yes, gain" if c["diff"] > 0 else "yes, loss") if c["significant"] else "no"
+                ),
+            }
+        lines.append(line)
+    ns = sorted({c["n_seeds"] for c in paired_rows(records, dataset)})
+    n = "/".join(str(k) for k in ns)
+    caption = (
+        f"{DATASET_COLUMNS.get(dataset, dataset)}: test accuracy over {n} seeds, each student "
+        "evaluated on the whole test set. Difference: row minus baseline on the same seed "
+        "(same initialisation, same batches), mean with its 95 % t interval over seeds "
+        "and the paired t-test's p. Images: test images classified correctly by only one "
+        "of the two, summed over seeds, and the exact McNemar test on them (pooled over "
+        "seeds, so it treats the seeds' images as independent)."
+    )
+    return style.styled(pd.DataFrame(lines).fillna(""), caption=caption, drop_constant=False)
+
+
+def table1_numbers(records: dict[str, dict[str, list[dict]]], dataset: str) -> str:
+    """The numbers of :func:`paired_table` as plain text with fixed decimals, one line per
+    row: what the nbval regression test compares."""
+    out = []
+    for c in paired_rows(records, dataset):
+        line = f"{c['row']:8s} lam={c['lam']:8s} n={c['n_seeds']} acc={c['mean']:.2f}±{c['sd']:.2f}"
+        if c["row"] != "baseline":
+            line += (
+                f" diff={c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+                f" images={c['base_only']}/{c['other_only']}"
+            )
+        out.append(line)
+    return "\n".join(out)
+
+
+def calibration_table(records: dict[str, dict[float, dict]], chosen: dict[str, float]):
+    """The choice of lambda (a Styler): per row, the validation accuracy (%) at each lambda
+    of the grid, the student alone for reference, and the lambda chosen."""
+    import pandas as pd
+
+    base = records["baseline"][0.0]
+    lines = []
+    for row, per in records.items():
+        if row == "baseline":
+            continue
+        line: dict = {"row": row, "metric": _metric_label(row)}
+        for lam in sorted(per):
+            line[f"λ = {lam:g}"] = 100 * per[lam]["final"]["test_acc"]
+        line["chosen λ"] = f"{chosen[row]:g}"
+        lines.append(line)
+    n_val = base["final"]["test_n"]
+    caption = (
+        f"Validation accuracy (%) on {n_val:,} training images that the students do not "
+        f"train on (seed {base['config']['seed']}); the student alone reaches "
+        f"{100 * base['final']['test_acc']:.2f} %. The test set is not used."
+    )
+    frame = pd.DataFrame(lines)
+    lam_cols = [c for c in frame.columns if c.startswith("λ =")]
+    return style.styled(
+        frame, caption=caption, formats=dict.fromkeys(lam_cols, "{:.2f}"), drop_constant=False
+    )
+
+
+def teacher_line(teacher: dict) -> str:
+    """How the teacher of ``teacher`` (a record) was made and how good it is, in one line."""
+    c, d = teacher["config"], teacher["data"]
+    hw = teacher.get("hardware", {})
+    where = hw.get("gpu") or hw.get("device", "?")
+    return (
+        f"teacher {teacher['name']}: {c['arch']} trained {c['epochs']} epochs on "
+        f"{d['n_train']:,} training images (SGD lr {c['lr']:g}, weight decay "
+        f"{c['weight_decay']:g}) on {where}; test accuracy "
+        f"{100 * teacher['final']['test_acc']:.2f} % on {d['n_test']:,} test images"
+    )
+
+
+def table1_glue(
+    records: dict[str, dict[str, list[dict]]], dataset: str, prefix: str = "t1"
+) -> dict[str, str]:
+    """The numbers that Table 1's prose quotes, formatted, by name (``t1_<row>_<what>``,
+    ``t1`` being ``prefix``:
+    acc, sd, diff, low, high, half, p_images, lam, term (lambda times the distance in the
+    loss at the last epoch) and ce (the train cross-entropy then); ``t1_teacher``, ``t1_lead`` (the
+    teacher's lead over the mean baseline), ``t1_seeds``, ``t1_gains`` / ``t1_losses`` (how
+    many KD2M rows have an interval above / below zero) and ``t1_max_half`` (the widest
+    half-width of a KD2M row)), for :func:`kd2m.book.style.glue_all`."""
+    rows = paired_rows(records, dataset)
+    teacher = 100 * records["teacher"][dataset][0]["final"]["test_acc"]
+    out = {"teacher": f"{teacher:.2f}", "seeds": str(rows[0]["n_seeds"])}
+    out["lead"] = f"{teacher - rows[0]['mean']:.1f}"
+    for c in rows:
+        key = c["row"]
+        out |= {f"{key}_acc": f"{c['mean']:.2f}", f"{key}_sd": f"{c['sd']:.2f}"}
+        out[f"{key}_lam"] = c["lam"]
+        if c["row"] != "baseline":
+            out |= {
+                f"{key}_diff": f"{c['diff']:+.2f}",
+                f"{key}_low": f"{c['low']:+.2f}",
+                f"{key}_high": f"{c['high']:+.2f}",
+                f"{key}_half": f"{c['half_width']:.2f}",
+                f"{key}_p_images": _p(c["p_images"]),
+            }
+            recs = records[c["row"]][dataset]
+            terms = [
+                r["config"]["lam"] * r["history"][-1]["train_distill"]
+                for r in recs
+                if r["history"] and r["history"][-1].get("train_distill") is not None
+            ]
+            if terms:  # lambda * D in the loss at the last epoch, mean over seeds
+                out[f"{key}_term"] = f"{statistics.fmean(terms):.2g}"
+                ce = statistics.fmean(r["history"][-1]["train_ce"] for r in recs)
+                out[f"{key}_ce"] = f"{ce:.2f}"
+    kd2m = [c for c in rows if c["row"] not in ("baseline", "KD")]
+    out["gains"] = str(sum(c["significant"] and c["diff"] > 0 for c in kd2m))
+    out["losses"] = str(sum(c["significant"] and c["diff"] < 0 for c in kd2m))
+    out["max_half"] = f"{max((c['half_width'] for c in kd2m), default=float('nan')):.2f}"
+    return {f"{prefix}_{k}": v for k, v in out.items()}
+
+
+def sweep_glue(records: dict[float, dict], prefix: str = "f2") -> dict[str, str]:
+    """The numbers that Fig. 2's prose quotes, by name ``f2_<what>_<lambda>`` with lambda
+    written as in ``0p01``: ``D`` (train distance at the last epoch), ``w2`` (exact W2² to
+    the teacher on the monitored test images), ``ce`` (train cross-entropy), ``acc`` (test
+    accuracy %), for :func:`kd2m.book.style.glue_all`."""
+    out = {}
+    for lam, r in records.items():
+        k = f"{lam:g}".replace(".", "p").replace("-", "m")
+        last = r["history"][-1]
+        out[f"{prefix}_D_{k}"] = f"{last['train_distill']:.3g}"
+        out[f"{prefix}_w2_{k}"] = f"{last.get('test_feature_w2', float('nan')):.3g}"
+        out[f"{prefix}_ce_{k}"] = f"{last['train_ce']:.2f}"
+        out[f"{prefix}_acc_{k}"] = f"{100 * r['final']['test_acc']:.2f}"
+    return out
+
+
+def gaps_frame(panels: dict[str, tuple[np.ndarray, np.ndarray]], records: dict[str, dict]):
+    """Fig. 3's exact distances per panel (a DataFrame indexed by panel): the empirical
+    ``W2`` (not squared) between the teacher's and the student's features, the mean
+    distance between the two features of the same image, and the test accuracy (%)."""
+    import pandas as pd
+
+    from kd2m import theory
+
+    return pd.DataFrame(
+        [
+            {
+                "panel": t,
+                "W2": theory.empirical_wasserstein(zs, zt, p=2),
+                "mean ||z_S - z_T||": theory.coupling_gap(zs, zt),
+                "test acc %": 100 * records[t]["final"]["test_acc"],
+            }
+            for t, (zt, zs) in panels.items()
+        ]
+    ).set_index("panel")
+
+
+def gaps_glue(gaps, prefix: str = "f3") -> dict[str, str]:
+    """Fig. 3's prose numbers from :func:`gaps_frame` (first panel: the baseline, second:
+    the KD2M student): ``f3_w2_base``, ``f3_w2_kd``, ``f3_gap_base``, ``f3_gap_kd``,
+    ``f3_acc_base``, ``f3_acc_kd``."""
+    base, kd = gaps.index[:2]
+    out = {}
+    for who, panel in (("base", base), ("kd", kd)):
+        out[f"{prefix}_w2_{who}"] = f"{gaps.loc[panel, 'W2']:.2f}"
+        out[f"{prefix}_gap_{who}"] = f"{gaps.loc[panel, 'mean ||z_S - z_T||']:.2f}"
+        out[f"{prefix}_acc_{who}"] = f"{gaps.loc[panel, 'test acc %']:.2f}"
+    return out

@@ -267,3 +267,12 @@ def _numeric_column(col) -> bool:
             return False
         seen = True
     return seen
+
+
+def glue_all(values: Mapping[str, Any]) -> None:
+    """Glue each value (:func:`myst_nb.glue`, not displayed) under its name, for the
+    chapter's prose: ``{glue:text}`name``` puts the computed number in the sentence."""
+    from myst_nb import glue
+
+    for name, value in values.items():
+        glue(name, value, display=False)

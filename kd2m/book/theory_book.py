@@ -465,8 +465,9 @@ def epoch_frame(
 ):
     """Long DataFrame indexed by ``(student, epoch)`` (epochs from 1) with every field of
     each report and :func:`report_extras`; with ``records`` (run records of the same
-    students), also the student's own test accuracy and cross-entropy after that epoch
-    (``own_test_acc``, ``own_test_ce``: its own head on the whole test set)."""
+    students), also the student's own accuracy and cross-entropy after that epoch
+    (``own_test_acc``, ``own_test_ce``: its own head on the monitored test images, the
+    images the bound is measured on)."""
     import pandas as pd
 
     rows = []
@@ -478,8 +479,8 @@ def epoch_frame(
             }
             row = {"student": student, "epoch": e, **d, **report_extras(r)}
             if hist is not None:
-                row["own_test_acc"] = hist[e - 1]["test_acc"]
-                row["own_test_ce"] = hist[e - 1]["test_ce"]
+                row["own_test_acc"] = hist[e - 1]["monitor_acc"]
+                row["own_test_ce"] = hist[e - 1]["monitor_ce"]
             rows.append(row)
     return pd.DataFrame(rows).set_index(["student", "epoch"])
 
