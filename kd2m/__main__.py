@@ -103,7 +103,7 @@ def _positive(text: str) -> int:
 
 
 def _cmd_train(args) -> int:
-    from kd2m.profiles import student_config, teacher_config
+    from kd2m.profiles import check_teacher, student_config, teacher_config, teacher_overrides
     from kd2m.train import resolve_device
 
     overrides = _overrides(args.set)
@@ -129,6 +129,13 @@ def _cmd_train(args) -> int:
             **overrides,
         )
     resolve_device(args.device)  # a device that cannot train fails before anything trains
+    if args.role == "student":
+        # a student refuses a teacher that does not beat the baseline of its seed by the
+        # profile's margin (strict unless --set changes the teacher: a dry run)
+        teacher = _run(args, cfg.teacher)
+        base = _run(args, cfg.replace(metric=None, lam=0.0, metric_options={}))
+        strict = not teacher_overrides(overrides)
+        print(check_teacher(args.profile, teacher, base, strict=strict))
     rec = _run(args, cfg)
     f = rec["final"]
     print(

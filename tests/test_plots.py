@@ -139,7 +139,6 @@ def test_runs_table_teacher_first_constant_columns_in_caption():
 
 
 def test_profile_table_shows_both_profiles():
-    from kd2m.profiles import PROFILES
 
     sty = plots.profile_table()
     data = sty.data
