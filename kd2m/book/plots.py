@@ -137,7 +137,7 @@ def _student_epochs(records: dict[str, dict[str, list[dict]]]) -> set[int]:
     return {
         int(r["config"]["epochs"])
         for row, per in records.items()
-        if row != "teacher"
+        if row not in ("teacher", "checks")
         for recs in per.values()
         for r in recs
     }

@@ -37,6 +37,7 @@ __all__ = [
     "EPOCH_QUANTITIES",
     "all_reports_hold",
     "bound_styled",
+    "tightness_glue",
     "bound_table",
     "centred_lipschitz",
     "convergence_figure",
@@ -875,3 +876,24 @@ def tightness_text(summary, epochs) -> str:
         f"bound vs own test accuracy {rank.loc['lip_W1_labelled', 'own_test_acc']:.2f}",
     ]
     return _wrap("\n".join(lines))
+
+
+def tightness_glue(summary, epochs, prefix: str = "th") -> dict[str, str]:
+    """The numbers that the theory chapter's prose quotes, by name: per student (as in
+    ``summary``'s index) ``th_w1_<s>`` (label-blind W1), ``th_bound_<s>`` (Lip·W1_lab),
+    ``th_risk_<s>`` (R_S(h_T)), ``th_acc_<s>`` (the student's accuracy under h_T, %) at the
+    last epoch, ``th_risk_teacher`` (R_T(h_T)), and the Spearman correlations over
+    (student, epoch) of the bound with R_S(h_T) (``th_rho_risk``) and with the student's
+    own accuracy (``th_rho_acc``); for :func:`kd2m.book.style.glue_all`."""
+    rank = epochs[["lip_W1_labelled", "risk_student", "own_test_acc"]].corr(method="spearman")
+    out = {
+        "rho_risk": f"{rank.loc['lip_W1_labelled', 'risk_student']:.2f}",
+        "rho_acc": f"{rank.loc['lip_W1_labelled', 'own_test_acc']:.2f}",
+        "risk_teacher": f"{summary['R_T(h_T)'].iloc[0]:.2f}",
+    }
+    for s, row in summary.iterrows():
+        out[f"w1_{s}"] = f"{row['W1']:.2f}"
+        out[f"bound_{s}"] = f"{row['Lip·W1_lab']:.1f}"
+        out[f"risk_{s}"] = f"{row['R_S(h_T)']:.2f}"
+        out[f"acc_{s}"] = f"{row['student acc (h_T, zS) %']:.1f}"
+    return {f"{prefix}_{k}": v for k, v in out.items()}
