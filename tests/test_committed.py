@@ -4,7 +4,9 @@ committed records exactly, and every committed record must be one the book asks 
 
 Exactly, not within a tolerance: on the CPU the same code, torch version and thread count
 give the same bits (the teacher's outputs, the batches and the initialisation are all
-seeded), which is what lets a reader trust a committed number without rerunning it. A
+seeded), which is what lets a reader trust a committed number without rerunning it. The
+retraining uses the record's number of threads (a reduction split over other threads
+rounds differently). A
 record made with another torch version is compared within a tolerance instead (stated
 below), since kernels may change between versions.
 """
@@ -15,6 +17,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from kd2m.runs import RunConfig, run
 from kd2m.stats import decode_correct
@@ -65,7 +68,13 @@ def test_two_table1_runs_retrain_to_their_committed_records(row, tmp_path, monke
     monkeypatch.setenv("KD2M_DATA", str(tmp_path))  # an empty run store and data cache
     monkeypatch.setenv("KD2M_RESULTS", str(TEACHER))  # only the committed teacher
     cfg = RunConfig.from_dict(committed["config"])
-    rec = run(cfg, folder=ARCHIVE, device="cpu", progress=False)
+    # the bits depend on the number of threads (other test modules set 1): the record's
+    threads = torch.get_num_threads()
+    torch.set_num_threads(committed["hardware"]["torch_threads"])
+    try:
+        rec = run(cfg, folder=ARCHIVE, device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert (tmp_path / "runs").is_dir() and rec["hash"] == committed["hash"]
     assert rec["data"]["content_sha256"] == committed["data"]["content_sha256"]
     if rec["versions"]["torch"] == committed["versions"]["torch"]:

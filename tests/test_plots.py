@@ -23,8 +23,8 @@ def fake(role="student", metric=None, acc=0.5, seed=42, dataset="cifar10", epoch
             "train_ce": 1.0 / (e + 1),
             "train_distill": None if metric is None else 2.0 / (e + 1),
             "train_acc": acc,
-            "test_ce": 1.0,
-            "test_acc": acc,
+            "monitor_ce": 1.0,
+            "monitor_acc": acc,
             "seconds": 1.0,
         }
         for e in range(epochs)

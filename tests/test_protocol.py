@@ -418,7 +418,7 @@ def test_table1_runs_seed_by_seed(root, folder, monkeypatch, spy_runs):
         device="cpu",
         overrides=TINY,
         progress=False,
-        lams={"E1": 0.5},
+        lams={"cifar10": {"E1": 0.5}},  # per dataset, as calibrate_all returns them
     )
     assert again["E1"]["cifar10"][0]["config"]["lam"] == 0.5
     assert again["baseline"]["cifar10"] == recs["baseline"]["cifar10"][:1]  # loaded

@@ -120,7 +120,7 @@ def trained():
     reps = {s: tb.reports_over_epochs(m, W, b) for s, m in mons.items()}
     records = {
         s: {
-            "history": [{"test_acc": 0.1 * e, "test_ce": 2.0 - e} for e in (1, 2, 3)],
+            "history": [{"monitor_acc": 0.1 * e, "monitor_ce": 2.0 - e} for e in (1, 2, 3)],
             "final": {"test_acc": 0.3},
         }
         for s in reps

@@ -459,29 +459,22 @@ def _p(p: float) -> str:
 def paired_table(records: dict[str, dict[str, list[dict]]], dataset: str):
     """Table 1 as a paired comparison (a Styler): per row its lambda, the test accuracy
     (mean ± std over seeds, %), the mean paired difference to the baseline on the same
-    seeds with its 95 % t interval and p-value, the test images that only the baseline /
-    only the row classified correctly (summed over seeds) with the exact McNemar p-value,
-    and a mark where the interval excludes zero."""
+    seeds with its 95 % t interval (marked * where it excludes zero), and the test images
+    that only the baseline / only the row classified correctly (summed over seeds) with
+    the exact McNemar p-value."""
     import pandas as pd
 
     lines = []
     for c in paired_rows(records, dataset):
-        line = {
-            "row": c["row"],
-            "metric": c["metric"],
-            "λ": c["lam"],
-            "accuracy (%)": _fmt(c["mean"], c["sd"]),
-        }
+        line = {"row": c["row"], "λ": c["lam"], "accuracy (%)": _fmt(c["mean"], c["sd"])}
         if c["row"] != "baseline":
+            star = " *" if c["significant"] else ""
             line |= {
-                "difference (points)": f"{c['diff']:+.2f}",
-                "95 % interval": f"[{c['low']:+.2f}, {c['high']:+.2f}]",
-                "p (seeds)": _p(c["p_seeds"]),
-                "images right only in baseline / row": f"{c['base_only']} / {c['other_only']}",
-                "p (images)": _p(c["p_images"]),
-                "interval excludes 0": (
-                    ("yes, gain" if c["diff"] > 0 else "yes, loss") if c["significant"] else "no"
+                "difference [95 % interval]": (
+                    f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]{star}"
                 ),
+                "images b / r": f"{c['base_only']} / {c['other_only']}",
+                "p (images)": _p(c["p_images"]),
             }
         lines.append(line)
     ns = sorted({c["n_seeds"] for c in paired_rows(records, dataset)})
@@ -490,11 +483,13 @@ def paired_table(records: dict[str, dict[str, list[dict]]], dataset: str):
         f"{DATASET_COLUMNS.get(dataset, dataset)}: test accuracy over {n} seeds, each student "
         "evaluated on the whole test set. Difference: row minus baseline on the same seed "
         "(same initialisation, same batches), mean with its 95 % t interval over seeds "
-        "and the paired t-test's p. Images: test images classified correctly by only one "
-        "of the two, summed over seeds, and the exact McNemar test on them (pooled over "
-        "seeds, so it treats the seeds' images as independent)."
+        "(* the interval excludes 0). Images b / r: test images classified correctly only by "
+        "the baseline / only by the row, summed over seeds, and the exact McNemar test on "
+        "them (pooled over seeds, so it treats the seeds' images as independent)."
     )
-    return style.styled(pd.DataFrame(lines).fillna(""), caption=caption, drop_constant=False)
+    return style.styled(
+        pd.DataFrame(lines).fillna(""), caption=caption, drop_constant=False
+    ).set_table_styles([{"selector": "td", "props": "white-space: nowrap;"}], overwrite=False)
 
 
 def table1_numbers(records: dict[str, dict[str, list[dict]]], dataset: str) -> str:
