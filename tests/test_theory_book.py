@@ -215,7 +215,8 @@ def test_epoch_frame_extras_and_plot():
     )
     assert math.isnan(zero["gap_over_bound"]) and zero["abs_risk_gap"] == 0.0
     records = {
-        s: {"history": [{"monitor_acc": 0.1 * e, "monitor_ce": 2.0 - e} for e in (1, 2, 3)]} for s in reps
+        s: {"history": [{"monitor_acc": 0.1 * e, "monitor_ce": 2.0 - e} for e in (1, 2, 3)]}
+        for s in reps
     }
     with_rec = tb.epoch_frame(reps, records)
     assert with_rec.loc[("wasserstein", 3), "own_test_acc"] == pytest.approx(0.3)
