@@ -294,18 +294,21 @@ class ImageData:
             "n_test",
             f"{self.name} has {len(self.y_test)} test images",
         )
+        info = {"n_train": int(len(itr)), "n_test": int(len(ite)), "seed": int(seed)}
+        return self._split(itr, self.x_test[ite], self.y_test[ite], info)
+
+    def _split(self, itr, x_test, y_test, info: dict) -> ImageData:
+        """These data with the training images ``itr`` and the test split ``x_test``,
+        ``y_test``; ``info`` goes into the provenance's ``subset`` (with the parent's
+        content hash), and the content hash is that of the new splits."""
         x_train, y_train = self.x_train[itr], self.y_train[itr]
-        x_test, y_test = self.x_test[ite], self.y_test[ite]
         prov = dict(self.provenance)
-        prov["subset"] = {
-            "n_train": int(len(itr)),
-            "n_test": int(len(ite)),
-            "seed": int(seed),
+        prov["subset"] = info | {
             "stratified": "proportional",
             "parent_content_sha256": self.provenance.get("content_sha256"),
             "parent_subset": self.provenance.get("subset"),
         }
-        prov["n_train"], prov["n_test"] = int(len(itr)), int(len(ite))
+        prov["n_train"], prov["n_test"] = int(len(itr)), int(len(y_test))
         prov["content_sha256"] = tensor_sha256(x_train, y_train, x_test, y_test)
         return replace(
             self,
@@ -334,29 +337,13 @@ class ImageData:
         iva = pool[
             _stratified_indices(self.y_train[pool], n_val, self.num_classes, g_val, "n_val", left)
         ]
-        x_train, y_train = self.x_train[itr], self.y_train[itr]
-        x_val, y_val = self.x_train[iva], self.y_train[iva]
-        prov = dict(self.provenance)
-        prov["subset"] = {
+        info = {
             "n_train": int(len(itr)),
             "n_val": int(len(iva)),
             "seed": int(seed),
-            "stratified": "proportional",
             "evaluated_on": "validation: training images outside the training subset",
-            "parent_content_sha256": self.provenance.get("content_sha256"),
-            "parent_subset": self.provenance.get("subset"),
         }
-        prov["n_train"], prov["n_test"] = int(len(itr)), int(len(iva))
-        prov["content_sha256"] = tensor_sha256(x_train, y_train, x_val, y_val)
-        return replace(
-            self,
-            x_train=x_train,
-            y_train=y_train,
-            x_test=x_val,
-            y_test=y_val,
-            classes=list(self.classes),
-            provenance=prov,
-        )
+        return self._split(itr, self.x_train[iva], self.y_train[iva], info)
 
 
 def stratified_counts(counts, n: int) -> torch.Tensor:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import forbid_training as _no_training
+from cli_helpers import run_cli as _cli
 from PIL import Image
 from tiny_data import tiny_cifar_folder
 
@@ -45,21 +47,6 @@ def tiny(metric=None, lam=0.0, **kw):
     return student_config(
         "cpu", "cifar10", metric, lam=lam, source="folder", teacher=teacher, **(SMALL | kw)
     )
-
-
-def _no_training(monkeypatch):
-    def fit(*args, **kwargs):
-        raise AssertionError("trained although the request should have failed first")
-
-    monkeypatch.setattr("kd2m.runs.fit", fit)
-
-
-def _cli(args, capsys):
-    from kd2m.__main__ import main
-
-    rc = main(args)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 # ------------------------------------------------------------------ case 1: locks

@@ -11,6 +11,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from cli_helpers import forbid_training as _no_training
+from cli_helpers import run_cli as _cli
 from tiny_data import tiny_cifar_folder
 
 import kd2m
@@ -34,21 +36,6 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("KD2M_DATA", str(root))
     monkeypatch.setenv("KD2M_PROGRESS", "0")
     return root
-
-
-def _no_training(monkeypatch):
-    def fit(*args, **kwargs):
-        raise AssertionError("trained although nothing should train")
-
-    monkeypatch.setattr("kd2m.runs.fit", fit)
-
-
-def _cli(args, capsys):
-    from kd2m.__main__ import main
-
-    rc = main(args)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 # ------------------------------------------------------------------ which runs

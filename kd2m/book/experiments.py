@@ -231,24 +231,14 @@ def calibration_configs(
     """``{"baseline": {0.0: cfg}, row: {lam: cfg, ...}}``: students evaluated on ``n_val``
     training images left out of their training subset (``RunConfig.n_val``), never on the
     test set, one per row and lambda of ``grid``."""
-    cfgs = table1_configs(
-        profile,
-        dataset,
-        [],
-        [seed],
-        source=source,
-        folder=folder,
-        overrides=dict(overrides or {}) | {"n_val": n_val},
-    )
-    teacher = cfgs["teacher"][0]
-    out: dict[str, dict[float, RunConfig]] = {"baseline": {0.0: cfgs["baseline"][0]}}
-    for row in rows:
-        out[row] = {
-            float(lam): cfgs["baseline"][0].replace(
-                metric=TABLE1_METRICS[row], lam=float(lam), teacher=teacher
-            )
-            for lam in grid
-        }
+    ov = dict(overrides or {}) | {"n_val": n_val}
+    kw = {"source": source, "folder": folder, "overrides": ov}
+    base = table1_configs(profile, dataset, [], [seed], **kw)["baseline"][0]
+    out: dict[str, dict[float, RunConfig]] = {"baseline": {0.0: base}}
+    for lam in grid:
+        cfgs = table1_configs(profile, dataset, rows, [seed], lams=dict.fromkeys(rows, lam), **kw)
+        for row in rows:
+            out.setdefault(row, {})[float(lam)] = cfgs[row][0]
     return out
 
 

@@ -464,8 +464,9 @@ def paired_table(records: dict[str, dict[str, list[dict]]], dataset: str):
     the exact McNemar p-value."""
     import pandas as pd
 
+    rows = paired_rows(records, dataset)
     lines = []
-    for c in paired_rows(records, dataset):
+    for c in rows:
         line = {"row": c["row"], "λ": c["lam"], "accuracy (%)": _fmt(c["mean"], c["sd"])}
         if c["row"] != "baseline":
             star = " *" if c["significant"] else ""
@@ -477,7 +478,7 @@ def paired_table(records: dict[str, dict[str, list[dict]]], dataset: str):
                 "p (images)": _p(c["p_images"]),
             }
         lines.append(line)
-    ns = sorted({c["n_seeds"] for c in paired_rows(records, dataset)})
+    ns = sorted({c["n_seeds"] for c in rows})
     n = "/".join(str(k) for k in ns)
     caption = (
         f"{DATASET_COLUMNS.get(dataset, dataset)}: test accuracy over {n} seeds, each student "
