@@ -1,9 +1,16 @@
 r"""Optimal transport between empirical feature distributions: eq. (3), (4), (5) of EQUATIONS.md.
 
 All three are exact OT problems. The plan is solved on a detached float64
-copy of the cost matrix on the CPU (``scipy.optimize.linear_sum_assignment``
-for uniform weights and equal sizes, where the optimum is a permutation;
-``ot.emd`` otherwise); the loss is then recomputed differentiably in torch,
+copy of the cost matrix: by default on the CPU (``solver="scipy"``:
+``scipy.optimize.linear_sum_assignment`` for uniform weights and equal sizes,
+where the optimum is a permutation; ``ot.emd`` otherwise), or, with
+``solver="auction"``, on the cost's own device by the exact auction solver of
+:mod:`kd2m.metrics.assignment` (equal sizes, uniform weights; its certificate
+bounds the plan's value to a relative 2e-12 of the optimum, and it returns
+scipy's plan on costs without ties). The auction keeps a CUDA step free of the
+device-to-host copy of the cost and of the plan's copy back; on the CPU it is
+50-100 times slower than scipy at n = 128 (``python -m kd2m.metrics.assignment``),
+so ``"scipy"`` stays the default. The loss is then recomputed differentiably in torch,
 on the inputs' device, as ``sum_ij gamma_ij cost_ij`` over the plan's support
 with the plan held fixed. By the envelope theorem this is the gradient of the
 OT value wherever the optimal plan is unique (and a valid subgradient
@@ -55,17 +62,44 @@ from ._checks import (
     check_probabilities,
     public_metric,
 )
+from .assignment import assign, class_mask_cost
 
 __all__ = ["wasserstein", "class_wasserstein", "joint_wasserstein", "joint_default_beta"]
 
 _LOG_FLOOR = 1e-12  # probabilities are clamped to this before the log of the "ce" label cost
 
 
-def _cost_matrix(zs: torch.Tensor, zt: torch.Tensor) -> np.ndarray:
-    """Detached float64 squared Euclidean cost ``||zs_i - zt_j||^2`` as a numpy array (CPU)."""
+SOLVERS = ("scipy", "auction")
+"""Values of the ``solver`` option of the three metrics (module docstring)."""
+
+
+def _check_solver(solver) -> str:
+    return check_choice(solver, "solver", SOLVERS)
+
+
+def _cost(zs: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
+    """Detached float64 squared Euclidean cost ``||zs_i - zt_j||^2``, on the inputs' device."""
     x, y = zs.detach().double(), zt.detach().double()
     C = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * x @ y.T
-    return C.clamp_min_(0).cpu().numpy()
+    return C.clamp_min_(0)
+
+
+def _assignment(C: torch.Tensor, solver: str) -> torch.Tensor:
+    """Columns of an optimal assignment of the square cost ``C`` (``cols[i]`` for row ``i``),
+    on ``C``'s device: scipy on the CPU, or the auction on ``C``'s device."""
+    if solver == "auction":
+        return assign(C)
+    _, cols = linear_sum_assignment(C.cpu().numpy())
+    return torch.as_tensor(cols, device=C.device)
+
+
+def _uniform(n: int, device) -> torch.Tensor:
+    return torch.full((n,), 1.0 / n, dtype=torch.float64, device=device)
+
+
+def _permutation_cost(zs, zt, cols, weights) -> torch.Tensor:
+    """Differentiable ``sum_i w_i ||zs[i] - zt[cols_i]||^2`` with the permutation fixed."""
+    return (weights.to(zs.dtype) * ((zs - zt[cols]) ** 2).sum(dim=1)).sum()
 
 
 def _plan_cost(zs, zt, rows, cols, weights) -> torch.Tensor:
@@ -93,7 +127,9 @@ def _weights(w, n: int, name: str) -> np.ndarray:
 
 
 @public_metric
-def wasserstein(zs, zt, *, a=None, b=None, validate: bool = True) -> torch.Tensor:
+def wasserstein(
+    zs, zt, *, a=None, b=None, solver: str = "scipy", validate: bool = True
+) -> torch.Tensor:
     r"""Exact squared 2-Wasserstein distance between empirical measures, eq. (3).
 
     .. math::
@@ -110,22 +146,31 @@ def wasserstein(zs, zt, *, a=None, b=None, validate: bool = True) -> torch.Tenso
     Gradients: envelope theorem, plan held fixed (see module docstring); the
     weights ``a``, ``b`` (arrays or tensors, each summing to 1) are constants.
     No covariance is involved: duplicated or all-zero features need no care.
+    ``solver``: ``"scipy"`` (default) or ``"auction"`` (on the features' device; equal
+    sizes and uniform weights only), see the module docstring.
     """
     zs, zt = check_features(zs, zt, same_n=False, validate=validate)
+    _check_solver(solver)
     n, m = zs.shape[0], zt.shape[0]
-    C = _cost_matrix(zs, zt)
+    C = _cost(zs, zt)
     if a is None and b is None and n == m:
-        rows, cols = linear_sum_assignment(C)
-        return _plan_cost(zs, zt, rows, cols, np.full(n, 1.0 / n))
+        cols = _assignment(C, solver)
+        return _permutation_cost(zs, zt, cols, _uniform(n, zs.device))
+    if solver == "auction":
+        raise ValueError(
+            "solver='auction' solves assignment problems (equal sizes, uniform weights); got "
+            f"{n} and {m} rows, weights a={'given' if a is not None else None}, "
+            f"b={'given' if b is not None else None}: use solver='scipy' (ot.emd)"
+        )
     import ot  # here, not at the top: POT imports scikit-learn, which imports pandas
 
-    gamma = ot.emd(_weights(a, n, "a"), _weights(b, m, "b"), C)
+    gamma = ot.emd(_weights(a, n, "a"), _weights(b, m, "b"), C.cpu().numpy())
     rows, cols = np.nonzero(gamma)
     return _plan_cost(zs, zt, rows, cols, gamma[rows, cols])
 
 
 @public_metric
-def class_wasserstein(zs, zt, y, *, validate: bool = True) -> torch.Tensor:
+def class_wasserstein(zs, zt, y, *, solver: str = "scipy", validate: bool = True) -> torch.Tensor:
     r"""Class-conditional squared Wasserstein distance, eq. (4).
 
     .. math::
@@ -145,10 +190,22 @@ def class_wasserstein(zs, zt, y, *, validate: bool = True) -> torch.Tensor:
     average for CIFAR-100). We average so that the value is the typical
     per-class W_2^2, on the scale of eq. (3) (E1), and a lambda means the same
     whatever the number of classes in a batch.
+
+    ``solver="scipy"`` (default) solves one assignment per class on the CPU;
+    ``solver="auction"`` solves all classes as one problem on the features' device,
+    ``cost + K [y_i != y_j]`` (:func:`kd2m.metrics.assignment.class_mask_cost`: every
+    optimum of it is class-wise optimal), with the weights ``1 / (|C| n_c)`` counted on
+    the device (``|C| = sum_i 1 / n_{y_i}``): no per-class indexing, no host read.
     """
     zs, zt = check_features(zs, zt, validate=validate)
     y = check_labels(y, zs.shape[0], device=zs.device)
-    C = _cost_matrix(zs, zt)
+    C = _cost(zs, zt)
+    if _check_solver(solver) == "auction":
+        same = y[:, None] == y[None, :]
+        n_c = same.sum(dim=1).double()  # size of each row's class
+        weights = 1.0 / (n_c * (1.0 / n_c).sum())
+        return _permutation_cost(zs, zt, assign(class_mask_cost(C, y)), weights)
+    C = C.cpu().numpy()
     yn = y.detach().cpu().numpy()
     classes = np.unique(yn)
     rows, cols, weights = [], [], []
@@ -177,6 +234,7 @@ def joint_wasserstein(
     label_cost: str = "sqeuclidean",
     ps=None,
     pt=None,
+    solver: str = "scipy",
     validate: bool = True,
 ) -> torch.Tensor:
     r"""Joint (feature, label) Wasserstein distance, eq. (5).
@@ -212,9 +270,11 @@ def joint_wasserstein(
     ``beta >= max cost / 2`` gives the class-size-weighted eq. (4).
     Gradient: envelope theorem (plan fixed), plus the label term's to
     ``ps``/``pt`` and beta's to ``zt``: the gradient of the value wherever
-    the optimal plan is unique.
+    the optimal plan is unique. ``solver``: ``"scipy"`` (default) or ``"auction"``
+    (on the features' device), see the module docstring.
     """
     zs, zt = check_features(zs, zt, validate=validate)
+    _check_solver(solver)
     n = zs.shape[0]
     y = check_labels(y, n, device=zs.device)
     beta = check_nonnegative(beta, "beta", allow_none=True)
@@ -224,40 +284,40 @@ def joint_wasserstein(
             "label_cost='onehot' uses the ground truth y on both sides; got ps/pt: use "
             "label_cost='sqeuclidean' for predicted probabilities"
         )
-    C = _cost_matrix(zs, zt)
+    C = _cost(zs, zt)
     if beta is None:
         beta_t = joint_default_beta(zt)
-        beta = float(joint_default_beta(zt.detach().double()))  # the plan's, in float64 like C
+        beta_plan = joint_default_beta(zt.detach().double())  # the plan's, in float64 like C
     else:
         beta_t = torch.as_tensor(beta, dtype=zs.dtype, device=zs.device)
+        beta_plan = torch.as_tensor(beta, dtype=torch.float64, device=zs.device)
     if label_cost != "ce" and ps is None and pt is None:  # ground truth on both sides
-        yn = y.detach().cpu().numpy()
-        L = 2.0 * (yn[:, None] != yn[None, :])
-        rows, cols = linear_sum_assignment(C + beta * L)
-        label_term = beta_t * float(L[rows, cols].mean())
+        L = 2.0 * (y[:, None] != y[None, :]).double()
+        cols = _assignment(C + beta_plan * L, solver)
+        label_term = beta_t * L[torch.arange(n, device=zs.device), cols].mean().to(zs.dtype)
     else:
-        rows, cols, label_cost_of_plan = _joint_plan_with_probabilities(
-            zs, y, ps, pt, C, beta, label_cost, validate
+        cols, label_cost_of_plan = _joint_plan_with_probabilities(
+            zs, y, ps, pt, C, beta_plan, label_cost, solver, validate
         )
         label_term = beta_t * label_cost_of_plan
-    return _plan_cost(zs, zt, rows, cols, np.full(n, 1.0 / n)) + label_term
+    uniform = _uniform(n, zs.device)
+    return _permutation_cost(zs, zt, cols, uniform) + label_term
 
 
-def _joint_plan_with_probabilities(zs, y, ps, pt, C, beta, label_cost, validate):
-    """Optimal plan of eq. (5) with label distributions, and its mean label cost (with gradient
-    to ``ps``/``pt``)."""
+def _joint_plan_with_probabilities(zs, y, ps, pt, C, beta, label_cost, solver, validate):
+    """Optimal plan (columns) of eq. (5) with label distributions, and its mean label cost
+    (with gradient to ``ps``/``pt``)."""
     P, Q = _label_distributions(zs, y, ps, pt, validate, need_ps=label_cost == "ce")
     if label_cost == "ce":
         L = -(torch.log(P.clamp_min(_LOG_FLOOR)) @ Q.T)  # L[i, j] = -sum_k q_jk log p_ik
     else:
         L = ((P * P).sum(1)[:, None] + (Q * Q).sum(1)[None, :] - 2 * P @ Q.T).clamp_min(0)
-    rows, cols = linear_sum_assignment(C + beta * L.detach().double().cpu().numpy())
-    idx_r = torch.as_tensor(rows, device=zs.device)
-    idx_c = torch.as_tensor(cols, device=zs.device)
+    cols = _assignment(C + beta * L.detach().double(), solver)
+    rows = torch.arange(zs.shape[0], device=zs.device)
     if label_cost == "ce":
-        return rows, cols, L[idx_r, idx_c].mean()
+        return cols, L[rows, cols].mean()
     # recomputed on the plan's support, where the clamp is inactive
-    return rows, cols, ((P[idx_r] - Q[idx_c]) ** 2).sum(dim=1).mean()
+    return cols, ((P - Q[cols]) ** 2).sum(dim=1).mean()
 
 
 def _label_distributions(zs, y, ps, pt, validate, *, need_ps):

@@ -11,6 +11,7 @@ import torch
 
 from ._checks import check_choice, check_nonnegative, check_options
 from .baselines import hinton, mmd
+from .empirical import SOLVERS as EMPIRICAL_SOLVERS
 from .empirical import class_wasserstein, joint_wasserstein, wasserstein
 from .gaussian import (
     KL_OPTIONS,
@@ -60,12 +61,15 @@ class _Spec:
     uses_labels: bool
     options: tuple[str, ...] = ()
     inputs: str = "features"
+    solvers: tuple[str, ...] = ()  # values of its "solver" option (none: no such option)
 
 
 _SPECS: dict[str, _Spec] = {
-    "wasserstein": _Spec(wasserstein, False),
-    "class_wasserstein": _Spec(class_wasserstein, True),
-    "joint_wasserstein": _Spec(joint_wasserstein, True, ("beta", "label_cost")),
+    "wasserstein": _Spec(wasserstein, False, ("solver",), solvers=EMPIRICAL_SOLVERS),
+    "class_wasserstein": _Spec(class_wasserstein, True, ("solver",), solvers=EMPIRICAL_SOLVERS),
+    "joint_wasserstein": _Spec(
+        joint_wasserstein, True, ("beta", "label_cost", "solver"), solvers=EMPIRICAL_SOLVERS
+    ),
     "gaussian_wasserstein": _Spec(gaussian_wasserstein, False, ("diagonal",)),
     "gaussian_kl": _Spec(gaussian_kl, False, ("diagonal",) + KL_OPTIONS),
     "class_gaussian": _Spec(class_gaussian, True, ("divergence", "diagonal") + KL_OPTIONS),
@@ -165,7 +169,10 @@ def get_metric(name: str, **options) -> Metric:
         raise ValueError(f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}")
     check_options(options, _SPECS[name].options, f"metric {name!r}")
     for key, value in options.items():
-        _VALIDATORS[key](value)
+        if key == "solver":
+            check_choice(value, "solver", _SPECS[name].solvers)
+        else:
+            _VALIDATORS[key](value)
     if name == "class_gaussian" and options.get("divergence", "wasserstein") == "wasserstein":
         check_options(options, ("divergence", "diagonal"), "metric 'class_gaussian' (wasserstein)")
     return Metric(name, options)
