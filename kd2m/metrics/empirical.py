@@ -165,8 +165,8 @@ def wasserstein(
     import ot  # here, not at the top: POT imports scikit-learn, which imports pandas
 
     gamma = ot.emd(_weights(a, n, "a"), _weights(b, m, "b"), C.cpu().numpy())
-    rows, cols = np.nonzero(gamma)
-    return _plan_cost(zs, zt, rows, cols, gamma[rows, cols])
+    support = np.nonzero(gamma)
+    return _plan_cost(zs, zt, *support, gamma[support])
 
 
 @public_metric
@@ -205,13 +205,13 @@ def class_wasserstein(zs, zt, y, *, solver: str = "scipy", validate: bool = True
         n_c = same.sum(dim=1).double()  # size of each row's class
         weights = 1.0 / (n_c * (1.0 / n_c).sum())
         return _permutation_cost(zs, zt, assign(class_mask_cost(C, y)), weights)
-    C = C.cpu().numpy()
+    cost = C.cpu().numpy()
     yn = y.detach().cpu().numpy()
     classes = np.unique(yn)
     rows, cols, weights = [], [], []
     for c in classes:
         idx = np.flatnonzero(yn == c)
-        r, k = linear_sum_assignment(C[np.ix_(idx, idx)])
+        r, k = linear_sum_assignment(cost[np.ix_(idx, idx)])
         rows.append(idx[r])
         cols.append(idx[k])
         weights.append(np.full(len(idx), 1.0 / (len(classes) * len(idx))))
