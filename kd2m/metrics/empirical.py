@@ -165,8 +165,8 @@ def wasserstein(
     import ot  # here, not at the top: POT imports scikit-learn, which imports pandas
 
     gamma = ot.emd(_weights(a, n, "a"), _weights(b, m, "b"), C.cpu().numpy())
-    support = np.nonzero(gamma)
-    return _plan_cost(zs, zt, *support, gamma[support])
+    r, c = np.nonzero(gamma)
+    return _plan_cost(zs, zt, r, c, gamma[r, c])
 
 
 @public_metric
