@@ -182,6 +182,17 @@ def test_check_every_changes_syncs_not_result():
     r1, r8 = A.solve(C, check_every=1), A.solve(C, check_every=8)
     assert torch.equal(r1.cols, r8.cols)
     assert r8.syncs <= r1.syncs // 8 + 2 and r8.syncs >= 2
+    # the GPU's default schedule: reads after 16, 32, 64, 128, 128, ... rounds
+    rd = A.solve(C, check_every="doubling")
+    assert torch.equal(rd.cols, r1.cols)
+    assert rd.iterations >= r1.iterations and rd.iterations < r1.iterations + 128
+    reads, k, total = 0, 16, 0
+    while total < rd.iterations:
+        total, reads, k = total + k, reads + 1, min(2 * k, 128)
+    assert rd.syncs == reads + 1 and rd.syncs < r1.syncs // 10  # + the certificate's read
+    for bad in (0, "often", True, 2.5):
+        with pytest.raises(ValueError, match="check_every must be an int >= 1 or 'doubling'"):
+            A.solve(C, check_every=bad)
 
 
 def test_invalid_costs_are_refused():
