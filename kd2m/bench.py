@@ -13,14 +13,18 @@ same threads. Target (issue): each metric <= ~10% of that step.
 ``data``: images/s of kd2m's batch pipeline (uint8 tensor on the device, batched crop and
 flip) against a torchvision ``DataLoader`` applying the same augmentation to PIL images.
 ``steps``: each metric's KD2M training step against the distance-free step (student step +
-teacher forward), through ``kd2m.train.train_step``. ``epoch``: images/s of a KD2M epoch at
-a profile against a baseline epoch. ``all``: the three in one run (``--json`` keeps them).
-Every ratio is measured within one run, on whatever device is named.
+teacher forward), through ``kd2m.train.train_step``; ``--variant NAME:KEY=VALUE,...`` adds a
+metric with options. ``epoch``: images/s of a KD2M epoch at a profile against a baseline
+epoch. ``precision``: images/s of a profile's student step and teacher forward in bf16
+autocast and fp32, each in channels_last and contiguous memory format. ``all``: the four in
+one run (``--json`` keeps them). Every ratio is measured within one run, on whatever device
+is named.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import re
@@ -29,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -41,6 +46,8 @@ __all__ = [
     "bench_data",
     "bench_steps",
     "bench_epoch",
+    "bench_precision",
+    "parse_variant",
     "print_rows",
     "frame",
     "hardware",
@@ -371,10 +378,15 @@ def bench_steps(
     teacher: str = "resnet34",
     metrics: list[str] | None = None,
     lam: float = 1e-4,
+    variants: list[tuple[str, dict]] | None = None,
 ) -> list[dict]:
     """Seconds per KD2M training step for each metric against the distance-free step (the
     same student step and teacher forward, no distance), at batch ``n`` with the paper's
-    networks (512-d features), through :func:`kd2m.train.train_step` itself."""
+    networks (512-d features), through :func:`kd2m.train.train_step` itself.
+
+    ``variants``: ``(name, options)`` pairs (:func:`parse_variant`), each an extra row
+    ``KD2M name (key=value, ...)`` with the metric ``get_metric(name, **options)``, after
+    the rows of ``metrics`` (every registered metric when None)."""
     from kd2m.metrics import METRICS, get_metric
     from kd2m.train import Distiller, make_optimizer, train_step
 
@@ -392,15 +404,19 @@ def bench_steps(
         d = Distiller(teacher=t, metric=metric, lam=lam)
         return lambda: train_step(s, x, y, opt, device=dev, distiller=d)
 
-    names = metrics or list(METRICS)
-    steps = {name: step_fn(get_metric(name)) for name in names}
+    steps = {f"KD2M {name}": step_fn(get_metric(name)) for name in metrics or list(METRICS)}
+    for name, options in variants or []:
+        label = _variant_label(name, options)
+        if label in steps:
+            raise ValueError(f"the step {label!r} is asked for twice (--metric or --variant)")
+        steps[label] = step_fn(get_metric(name, **options))
     null = step_fn(_DistanceFree())
     for fn in [null, *steps.values()]:  # warm every path first (kernels, cudnn autotuning)
         _time(fn, 1, warmup, dev)
     # the distance-free step is timed before and after the metrics, so a drift of clocks
     # or load during the run shows, and its median over both is the reference
     before = _time(null, repeats, 0, dev)
-    timed = {name: statistics.median(_time(fn, repeats, 0, dev)) for name, fn in steps.items()}
+    timed = {label: statistics.median(_time(fn, repeats, 0, dev)) for label, fn in steps.items()}
     after = _time(null, repeats, 0, dev)
     base = statistics.median(before + after)
     rows = [
@@ -411,11 +427,51 @@ def bench_steps(
             "before/after": statistics.median(before) / statistics.median(after),
         }
     ]
-    for name, sec in timed.items():
-        rows.append(
-            {"step": f"KD2M {name}", "seconds": sec, "ratio": sec / base, "before/after": None}
-        )
+    for label, sec in timed.items():
+        rows.append({"step": label, "seconds": sec, "ratio": sec / base, "before/after": None})
     return rows
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``NAME[:KEY=VALUE,...]`` -> ``(name, options)``, e.g. ``"mmd:kernel=polynomial"`` ->
+    ``("mmd", {"kernel": "polynomial"})``. The pairs are split at the commas that start a
+    ``KEY=``; each value is read as the CLI's ``--option`` reads it (JSON, else a string:
+    ``diagonal=true`` is True). The metric and its options are checked by
+    :func:`kd2m.metrics.get_metric` now: a ValueError names the variant and what is wrong."""
+    from kd2m.__main__ import _overrides
+    from kd2m.metrics import get_metric
+
+    name, colon, rest = text.partition(":")
+    name = name.strip()
+    pairs = re.split(r",(?=\s*[A-Za-z_]\w*\s*=)", rest) if rest.strip() else []
+    try:
+        if colon and not pairs:
+            raise ValueError("expected KEY=VALUE pairs after ':'")
+        options = _overrides(pairs, "--option")
+        get_metric(name, **options)
+    except ValueError as exc:
+        raise ValueError(
+            f"--variant {text!r}: {exc} (expected NAME[:KEY=VALUE,...], e.g. "
+            "gaussian_kl:diagonal=true)"
+        ) from None
+    return name, options
+
+
+def _variant_label(name: str, options: dict) -> str:
+    """``KD2M name (key=value, ...)``: strings as they are, other values as JSON."""
+    if not options:
+        return f"KD2M {name}"
+    text = ", ".join(
+        f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in options.items()
+    )
+    return f"KD2M {name} ({text})"
+
+
+def _variant_arg(text: str) -> tuple[str, dict]:
+    try:
+        return parse_variant(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def bench_epoch(
@@ -498,6 +554,98 @@ class _Take:
             if i >= self.k:
                 return
             yield batch
+
+
+# (precision, channels_last) of bench_precision's rows
+_PRECISION_SETTINGS = (("bf16", True), ("bf16", False), ("fp32", True), ("fp32", False))
+
+
+def _precision_nets(dev: torch.device, student: dict, teacher: dict) -> dict:
+    """One student per setting of :data:`_PRECISION_SETTINGS` (the same initial weights, in
+    its memory format, train mode) and one frozen teacher per memory format (eval mode)."""
+    from kd2m.models import build_model
+
+    torch.manual_seed(0)
+    base_s = build_model(student["arch"], 10, stem=student.get("stem"), width=student.get("width"))
+    base_t = build_model(teacher["arch"], 10, stem=teacher.get("stem"), width=teacher.get("width"))
+    base_t.eval().requires_grad_(False)
+    fmt = {True: torch.channels_last, False: torch.contiguous_format}
+    teachers = {cl: copy.deepcopy(base_t).to(dev, memory_format=fmt[cl]) for cl in fmt}
+    students = {
+        key: copy.deepcopy(base_s).to(dev, memory_format=fmt[key[1]]).train()
+        for key in _PRECISION_SETTINGS
+    }
+    return {"students": students, "teachers": teachers}
+
+
+def bench_precision(
+    n: int | None = None,
+    repeats: int = 10,
+    warmup: int = 3,
+    device: str = "cpu",
+    profile: str = "paper",
+    student: dict | None = None,
+    teacher: dict | None = None,
+) -> list[dict]:
+    """Images/s of the student's training step (forward, backward and SGD step, through
+    :func:`kd2m.train.train_step`) and of the frozen teacher's forward pass, in bf16 autocast
+    and in fp32 (:func:`kd2m.train.precision_context`), each in channels_last and in
+    contiguous memory format: four rows. The networks and batch size (``n``) are those of
+    ``profile`` unless given (``student``/``teacher``: ``arch`` and optionally ``stem``
+    and ``width``), on CIFAR-sized random images.
+
+    The ratios are images/s over those of the row the trainer runs on ``device``
+    (``precision="auto"``: bf16 and channels_last on CUDA, fp32 and contiguous elsewhere;
+    ``"trainer"`` marks it), measured in the same run; the eight timings are interleaved
+    (one step of each per round, ``repeats`` rounds, medians) so that a drift of clocks
+    or load falls on all of them alike."""
+    from kd2m.data import DEFAULT_IMAGE_SIZE
+    from kd2m.profiles import PROFILES
+    from kd2m.train import make_optimizer, precision_context, resolve_precision, train_step
+
+    p = PROFILES[profile]
+    dev = resolve_device(device)
+    n = n or p["batch_size"]
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the trainer: fixed shapes, autotuned kernels
+    nets = _precision_nets(dev, student or p["student"], teacher or p["teacher"])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE, generator=g).to(dev)
+    xs = {True: x.contiguous(memory_format=torch.channels_last), False: x.contiguous()}
+    y = (torch.arange(n) % 10).to(dev)
+    fns: dict[tuple, Callable[[], object]] = {}
+    for prec, cl in _PRECISION_SETTINGS:
+        s, t, xb = nets["students"][prec, cl], nets["teachers"][cl], xs[cl]
+        opt, _ = make_optimizer(
+            s.parameters(), lr=p["lr"], momentum=p["momentum"], weight_decay=0.0, epochs=1, lr_min=0
+        )
+
+        def forward(t=t, xb=xb, prec=prec):
+            with torch.no_grad(), precision_context(dev, prec):
+                t(xb)
+
+        fns[prec, cl, "student"] = partial(train_step, s, xb, y, opt, device=dev, precision=prec)
+        fns[prec, cl, "teacher"] = forward
+    for fn in fns.values():  # every path warm first (kernels, cuDNN autotuning)
+        _time(fn, 1, warmup, dev)
+    times: dict[tuple, list[float]] = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            times[key] += _time(fn, 1, 0, dev)
+    speed = {key: n / statistics.median(ts) for key, ts in times.items()}
+    ref = (resolve_precision("auto", dev), dev.type == "cuda")
+    return [
+        {
+            "precision": "bf16 autocast" if prec == "bf16" else "fp32",
+            "memory format": "channels_last" if cl else "contiguous",
+            "student step images/s": speed[prec, cl, "student"],
+            "student ratio": speed[prec, cl, "student"] / speed[(*ref, "student")],
+            "teacher forward images/s": speed[prec, cl, "teacher"],
+            "teacher ratio": speed[prec, cl, "teacher"] / speed[(*ref, "teacher")],
+            "trainer": "yes" if (prec, cl) == ref else "",
+        }
+        for prec, cl in _PRECISION_SETTINGS
+    ]
 
 
 def print_rows(rows: list[dict], title: str, file=None) -> None:
@@ -591,6 +739,29 @@ def load_benchmarks(folder) -> dict:
     return out
 
 
+def _run_precision(args, out: dict) -> None:
+    """``bench precision``: the rows in ``out["precision"]`` and, on CUDA, the TF32 flags
+    under which fp32 ran in ``out["tf32"]`` (cuDNN's convolutions may use TF32)."""
+    from kd2m.profiles import PROFILES
+
+    out["precision"] = bench_precision(
+        n=args.n, repeats=args.repeats, device=args.device, profile=args.profile
+    )
+    p = PROFILES[args.profile]
+    title = (
+        f"precision at the {args.profile} profile, batch {args.n}: {p['student']['arch']} "
+        f"student step, {p['teacher']['arch']} teacher forward (images/s; ratio to the "
+        "trainer's setting on this device)"
+    )
+    if resolve_device(args.device).type == "cuda":
+        out["tf32"] = {
+            "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+            "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        }
+        title += "; fp32 under " + ", ".join(f"{k}={v}" for k, v in out["tf32"].items())
+    print_rows(out["precision"], title)
+
+
 def _run_training(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -607,6 +778,7 @@ def _run_training(args) -> int:
             student=args.student,
             teacher=args.teacher,
             metrics=args.metric,
+            variants=args.variant,
         )
         print_rows(
             out["steps"],
@@ -620,6 +792,8 @@ def _run_training(args) -> int:
             f"one training epoch at the {args.profile} profile "
             "(ratio: baseline seconds / these seconds)",
         )
+    if args.command in ("precision", "all"):
+        _run_precision(args, out)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
@@ -631,7 +805,8 @@ def _add_training_parsers(sub) -> None:
         "data": "kd2m's batch pipeline vs a torchvision DataLoader on PIL images",
         "steps": "each metric's KD2M step vs the distance-free step",
         "epoch": "images/s of a KD2M epoch at a profile vs a baseline epoch",
-        "all": "data, steps and epoch in one run",
+        "precision": "bf16 autocast vs fp32, channels_last vs contiguous, at a profile",
+        "all": "data, steps, epoch and precision in one run",
     }
     for name, text in helps.items():
         p = sub.add_parser(name, help=text)
@@ -639,12 +814,23 @@ def _add_training_parsers(sub) -> None:
         p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
         p.add_argument("--images", type=int, default=10000, help="images for data/epoch")
         p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-        p.add_argument("--n", type=int, default=128, help="batch size for steps")
-        p.add_argument("--repeats", type=int, default=10, help="timed steps per metric")
+        p.add_argument("--n", type=int, default=128, help="batch size for steps and precision")
+        p.add_argument("--repeats", type=int, default=10, help="timed steps per row")
         p.add_argument("--student", default="resnet18")
         p.add_argument("--teacher", default="resnet34")
         p.add_argument("--metric", action="append", help="only this metric (repeatable)")
-        p.add_argument("--profile", default="paper", help="profile of the epoch benchmark")
+        p.add_argument(
+            "--profile", default="paper", help="profile of the epoch and precision benchmarks"
+        )
+        if name in ("steps", "all"):
+            p.add_argument(
+                "--variant",
+                action="append",
+                type=_variant_arg,
+                metavar="NAME[:KEY=VALUE,...]",
+                help="also a metric with options, e.g. gaussian_kl:diagonal=true (repeatable; "
+                "values as in 'python -m kd2m train --option')",
+            )
         p.add_argument("--json", help="also write the results to this JSON file")
         p.set_defaults(func=_run_training)
 

@@ -52,7 +52,7 @@ from kd2m.data import DATASETS, DEFAULT_IMAGE_SIZE, ImageData, Loader, load_data
 from kd2m.metrics import METRICS, get_metric, wasserstein
 from kd2m.models import KD2MNet, build_model, make_projector
 from kd2m.stats import encode_correct
-from kd2m.train import Distiller, evaluate, fit, resolve_device
+from kd2m.train import PRECISIONS, Distiller, evaluate, fit, resolve_device, resolve_precision
 
 __all__ = [
     "RunConfig",
@@ -80,7 +80,12 @@ SOURCES = ("torchvision", "folder")
 MONITOR_SIZE = 1000  # class-balanced test images whose features are kept each epoch
 # Fields added after records were first stored: left out of the hash at their default,
 # so that the runs made before them keep their names.
-_HASH_OMITS_DEFAULT = {"image_size": DEFAULT_IMAGE_SIZE, "data_sha256": None, "n_val": None}
+_HASH_OMITS_DEFAULT = {
+    "image_size": DEFAULT_IMAGE_SIZE,
+    "data_sha256": None,
+    "n_val": None,
+    "precision": "auto",
+}
 
 
 def data_root() -> Path:
@@ -115,6 +120,15 @@ class RunConfig:
 
     A student's teacher sees the same dataset (and image size), but may have been trained
     on more of its training images (``n_train``) than the student: a strong teacher.
+
+    ``precision``: what the networks' forward passes compute in
+    (:data:`kd2m.train.PRECISIONS`, :func:`kd2m.train.resolve_precision`): ``"auto"`` (bf16
+    autocast on CUDA, float32 elsewhere: what every run did before the field existed, so it
+    is left out of the hash), ``"bf16"`` (bf16 autocast on any device, the CPU included) or
+    ``"fp32"`` (no autocast). The record stores what it resolved to (``"precision"``; the
+    records made before it: bf16 on CUDA, fp32 elsewhere). A student's teacher keeps its
+    own precision (a student with ``precision="fp32"`` distils the default teacher); the
+    teacher's forward passes inside the student's run follow the student's precision.
     """
 
     role: str = "student"
@@ -141,16 +155,13 @@ class RunConfig:
     image_size: int = DEFAULT_IMAGE_SIZE
     data_sha256: str | None = None
     n_val: int | None = None
+    precision: str = "auto"
 
     def __post_init__(self):
         def bad(name, expected):
             raise ValueError(f"RunConfig.{name}={getattr(self, name)!r}: expected {expected}")
 
         _check_types(self)
-        if self.role not in ROLES:
-            bad("role", f"one of {ROLES}")
-        if self.source not in SOURCES:
-            bad("source", f"one of {SOURCES}")
         if not isinstance(self.image_size, int) or self.image_size < 1:
             bad("image_size", "a positive integer")
         if self.dataset in DATASETS:
@@ -288,6 +299,7 @@ _TYPES: dict[str, tuple[type | tuple[type, ...], bool, str]] = {
     "metric_options": (dict, False, "a dict of metric options"),
     "image_size": (int, False, "a positive integer"),
     "data_sha256": (str, True, "None or the content sha256 of an image folder"),
+    "precision": (str, False, f"one of {PRECISIONS}"),
     **{
         k: ((int, float), False, "a finite number >= 0")
         for k in ("lam", "lr", "momentum", "weight_decay", "lr_min")
@@ -295,9 +307,18 @@ _TYPES: dict[str, tuple[type | tuple[type, ...], bool, str]] = {
 }
 
 
+# field -> (its values, a note for the error)
+_CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
+    "role": (ROLES, ""),
+    "source": (SOURCES, ""),
+    "precision": (PRECISIONS, " ('auto': bf16 autocast on CUDA, fp32 elsewhere)"),
+}
+
+
 def _check_types(cfg: RunConfig) -> None:
     """Every field of ``cfg`` has its type (``epochs=True``, ``seed=1.5`` or
-    ``hflip="no"`` raise ValueError naming the field and the value)."""
+    ``hflip="no"`` raise ValueError naming the field and the value), and ``role``,
+    ``source`` and ``precision`` one of their values."""
     for name, (types, nullable, expected) in _TYPES.items():
         v = getattr(cfg, name)
         if v is None and nullable:
@@ -309,6 +330,11 @@ def _check_types(cfg: RunConfig) -> None:
             raise ValueError(f"RunConfig.{name}={v!r}: expected {expected}")
     if cfg.teacher is not None and not isinstance(cfg.teacher, RunConfig):
         raise ValueError(f"RunConfig.teacher={cfg.teacher!r}: expected None or a RunConfig")
+    for name, (choices, note) in _CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise ValueError(
+                f"RunConfig.{name}={getattr(cfg, name)!r}: expected one of {choices}{note}"
+            )
 
 
 def run_dir(cfg: RunConfig, root: Path | str | None = None) -> Path:
@@ -923,7 +949,11 @@ def _attach_teacher(job: _Job, root: Path) -> None:
         teacher_cache=_teacher_cache(job) if metric is not None else None,
     )
     job.teacher_feats = evaluate(
-        teacher, job.monitor_loader, device=dev, keep_features=len(job.monitor_loader.y)
+        teacher,
+        job.monitor_loader,
+        device=dev,
+        keep_features=len(job.monitor_loader.y),
+        precision=cfg.precision,
     )["features"]
 
 
@@ -965,7 +995,7 @@ def _resume(job: _Job) -> dict | None:
         job.monitor = state.pop("monitor")
         job.started = state.pop("started")
         job.wall_before = state.pop("wall_seconds")
-    job.env = _environment(job.dev)
+    job.env = _environment(job.dev) | {"precision": resolve_precision(job.cfg.precision, job.dev)}
     job.t_start = time.perf_counter()
     return state
 
@@ -995,6 +1025,7 @@ def _train(job: _Job, state: dict | None, *, progress: bool, stop_after: int | N
         state=state,
         on_epoch_end=on_epoch_end,
         progress=progress,
+        precision=cfg.precision,
     )
 
 
@@ -1006,7 +1037,13 @@ def _monitor_epoch(job: _Job, row: dict) -> None:
     W2 and mean gap to the teacher's (added to ``row``), and the student's head."""
     teacher_feats = job.teacher_feats
     keep = 0 if teacher_feats is None else len(teacher_feats)
-    test = evaluate(job.model, job.monitor_loader, device=job.dev, keep_features=keep)
+    test = evaluate(
+        job.model,
+        job.monitor_loader,
+        device=job.dev,
+        keep_features=keep,
+        precision=job.cfg.precision,
+    )
     row["monitor_acc"], row["monitor_ce"] = test["test_acc"], test["test_ce"]
     if teacher_feats is None:
         return
@@ -1085,7 +1122,9 @@ def _finish(job: _Job, history: list[dict]) -> dict:
     correctness, the final weights (and projector), the monitor, the finished record with
     their sha256; the checkpoint is removed last."""
     # the test set (or the validation images), once, with each image's correctness
-    job.test = evaluate(job.model, job.test_loader, device=job.dev, per_image=True)
+    job.test = evaluate(
+        job.model, job.test_loader, device=job.dev, per_image=True, precision=job.cfg.precision
+    )
     wall = job.wall()
     proj = job.distiller.projector if job.distiller is not None else None
     atomic_torch_save(

@@ -11,12 +11,15 @@ where ``P`` is the student-side projector (identity when the feature sizes agree
 training. SGD with momentum, cosine annealing stepped once per epoch down to ``lr_min``
 (the baseline is annealed too: the author's code forgot it).
 
-On CUDA the networks run under bf16 autocast in channels_last memory format; the
-distances always compute in float32 or wider (the metrics upcast their inputs).
+The networks run under the precision of :data:`PRECISIONS` (``RunConfig.precision``):
+``"auto"`` is bf16 autocast on CUDA and float32 elsewhere, ``"bf16"`` bf16 autocast on any
+device, ``"fp32"`` no autocast. On CUDA the trainer also runs them in channels_last memory
+format. The distances always compute in float32 or wider (the metrics upcast their inputs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -29,6 +32,9 @@ from torch import nn
 from tqdm import tqdm
 
 __all__ = [
+    "PRECISIONS",
+    "resolve_precision",
+    "precision_context",
     "resolve_device",
     "DistillationMetric",
     "Distiller",
@@ -86,9 +92,32 @@ def _check_available(dev: torch.device, asked) -> None:
         raise ValueError(f"device={asked!r} but MPS is not available here: use 'cpu' or 'auto'")
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op context elsewhere (CPU bf16 is slower than fp32 here)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+#: ``RunConfig.precision``'s values: what the networks' forward passes compute in.
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """What ``precision`` means on ``device``: ``"bf16"`` (bf16 autocast) or ``"fp32"``.
+
+    ``"auto"`` is bf16 on CUDA and fp32 elsewhere: the committed CPU results were made in
+    fp32 and retrain to the same bits, so ``"auto"`` keeps that meaning on the CPU even where
+    bf16 is faster (``python -m kd2m.bench precision`` measures it; on a CPU with AVX512-BF16
+    it can be); ``"bf16"`` asks for bf16 autocast on any device. ``"fp32"`` is no autocast,
+    under torch's defaults: on CUDA cuDNN may run convolutions in TF32
+    (``torch.backends.cudnn.allow_tf32``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: expected one of {PRECISIONS}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def precision_context(device: torch.device, precision: str = "auto"):
+    """The autocast context of ``precision`` (:func:`resolve_precision`) on ``device``: bf16
+    autocast, or a no-op context for fp32."""
+    if resolve_precision(precision, device) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 class DistillationMetric(Protocol):
@@ -186,12 +215,21 @@ def make_optimizer(
 
 
 def train_step(
-    model, x, y, opt, *, device: torch.device, distiller: Distiller | None = None, key=None
+    model,
+    x,
+    y,
+    opt,
+    *,
+    device: torch.device,
+    distiller: Distiller | None = None,
+    key=None,
+    precision: str = "auto",
 ):
     """One SGD step on ``CE + lambda * D`` (eq. 1; ``lambda = distiller.lam``). Returns
     ``(logits, ce, D)`` (``D`` is None without a metric). ``key``: the batch's
-    ``(epoch, step)``, for the distiller's teacher cache."""
-    with _autocast(device):
+    ``(epoch, step)``, for the distiller's teacher cache. The forward passes (student and
+    teacher) run under ``precision`` (:func:`precision_context`)."""
+    with precision_context(device, precision):
         logits, feats = model(x)
         dist, term = (
             (None, None) if distiller is None else distiller.terms(logits, feats, x, y, key)
@@ -213,8 +251,10 @@ def train_epoch(
     device: torch.device,
     distiller: Distiller | None = None,
     progress: bool = True,
+    precision: str = "auto",
 ) -> dict:
-    """One pass over ``loader.epoch(epoch)``. Returns mean train CE, distillation loss, accuracy.
+    """One pass over ``loader.epoch(epoch)`` (forward passes under ``precision``). Returns
+    mean train CE, distillation loss, accuracy.
 
     Sums stay on the device (no host synchronisation per step, except inside an exact OT
     solver); the epoch's means are read once at the end. A non-finite loss raises
@@ -237,7 +277,14 @@ def train_epoch(
     )
     for step, (x, y) in enumerate(bar):
         logits, ce, dist = train_step(
-            model, x, y, opt, device=device, distiller=distiller, key=(epoch, step)
+            model,
+            x,
+            y,
+            opt,
+            device=device,
+            distiller=distiller,
+            key=(epoch, step),
+            precision=precision,
         )
         n = y.shape[0]
         seen += n
@@ -257,12 +304,19 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model, loader, *, device: torch.device, keep_features: int = 0, per_image: bool = False
+    model,
+    loader,
+    *,
+    device: torch.device,
+    keep_features: int = 0,
+    per_image: bool = False,
+    precision: str = "auto",
 ) -> dict:
-    """Test cross-entropy and accuracy; with ``keep_features > 0`` also the first
-    ``keep_features`` feature vectors (float32, on the CPU); with ``per_image`` also
-    ``correct``, whether each image (in the loader's order) was classified correctly
-    (bool, on the CPU: the per-image paired tests of Table 1 read it)."""
+    """Test cross-entropy and accuracy (forward passes under ``precision``); with
+    ``keep_features > 0`` also the first ``keep_features`` feature vectors (float32, on the
+    CPU); with ``per_image`` also ``correct``, whether each image (in the loader's order)
+    was classified correctly (bool, on the CPU: the per-image paired tests of Table 1 read
+    it)."""
     model.eval()
     sum_ce = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -271,7 +325,7 @@ def evaluate(
     hits = []
     kept = 0
     for x, y in loader.epoch(0):
-        with _autocast(device):
+        with precision_context(device, precision):
             logits, z = model(x)
         sum_ce += F.cross_entropy(logits.float(), y, reduction="sum").double()
         hit = logits.argmax(1) == y
@@ -305,6 +359,7 @@ def fit(
     state: dict | None = None,
     on_epoch_end: Callable[[dict, dict], None] | None = None,
     progress: bool = True,
+    precision: str = "auto",
 ) -> list[dict]:
     """Algorithm 1: train ``model`` for ``epochs`` epochs and return the per-epoch history
     (training loss terms and accuracy, learning rate, seconds).
@@ -313,7 +368,8 @@ def fit(
     called after every epoch with the epoch's record row (which it may extend, e.g. with
     the accuracy on a monitored set of test images) and the full resumable state (model,
     projector, optimiser and scheduler states, history), which the caller writes to disk.
-    ``state`` (such a checkpoint) resumes after its last finished epoch.
+    ``state`` (such a checkpoint) resumes after its last finished epoch. The forward passes
+    run under ``precision`` (:func:`precision_context`).
     The data order of epoch ``k`` depends only on the loader's seed and ``k``, so a resumed
     run replays exactly the batches of an uninterrupted one.
     """
@@ -344,6 +400,7 @@ def fit(
                 device=device,
                 distiller=distiller,
                 progress=progress,
+                precision=precision,
             )
         )
         sched.step()

@@ -173,6 +173,56 @@ def test_config_hash_is_stable_and_sensitive():
     assert a.replace(teacher=a.teacher.replace(seed=1)).hash != a.hash
 
 
+def test_precision_is_validated_and_hashed_only_when_not_auto():
+    with pytest.raises(ValueError, match=r"precision='fp16': expected one of \('auto', 'bf16'"):
+        RunConfig(precision="fp16")
+    with pytest.raises(ValueError, match="precision=32"):
+        RunConfig(precision=32)
+    a = student_config("paper", "cifar10", "wasserstein")
+    assert a.precision == "auto" and a.teacher.precision == "auto"
+    assert a.replace(precision="auto").hash == a.hash
+    hashes = {a.hash, a.replace(precision="bf16").hash, a.replace(precision="fp32").hash}
+    assert len(hashes) == 3
+    # the teacher keeps its own precision; a student's is part of its own hash only
+    b = student_config("paper", "cifar10", "wasserstein", precision="fp32")
+    assert b.precision == "fp32" and b.teacher == a.teacher
+    assert RunConfig.from_dict(json.loads(json.dumps(b.to_dict()))).hash == b.hash
+
+
+def test_committed_records_keep_their_hashes():
+    """Every committed record (made before ``precision`` existed) is named by the hash its
+    config gives today: a field added at its default leaves the names alone."""
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "data" / "results"
+    recs = [json.loads(p.read_text()) for p in sorted(results.glob("*/*.json"))]
+    recs = [r for r in recs if isinstance(r, dict) and "config" in r]
+    assert len(recs) >= 40
+    for rec in recs:
+        assert "precision" not in rec["config"]
+        assert RunConfig.from_dict(rec["config"]).hash == rec["hash"], rec["name"]
+
+
+def test_precision_reaches_a_run_and_its_record(root, folder, monkeypatch):
+    from kd2m.models import KD2MNet
+
+    cfg = tiny("gaussian_wasserstein", lam=0.05, epochs=1, precision="bf16")
+    run(cfg.teacher, root=root, folder=folder, device="cpu")
+    seen = []
+    forward = KD2MNet.forward
+
+    def spy(self, x):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return forward(self, x)
+
+    monkeypatch.setattr(KD2MNet, "forward", spy)
+    rec = run(cfg, root=root, folder=folder, device="cpu")
+    assert rec["precision"] == "bf16" and rec["config"]["precision"] == "bf16"
+    assert len(seen) > 3 and set(seen) == {torch.bfloat16}  # training, monitor, test, teacher
+    assert np.isfinite(rec["final"]["test_ce"])
+    assert load_record(run_dir(cfg.teacher, root))["precision"] == "fp32"  # auto on the CPU
+
+
 def test_load_model_leaves_the_global_rng_alone(root, folder):
     cfg = tiny(None)
     run(cfg, root=root, folder=folder, device="cpu")

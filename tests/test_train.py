@@ -136,3 +136,60 @@ def test_non_finite_loss_raises_at_the_end_of_the_epoch():
     d = Distiller(teacher=teacher, metric=_NaN(), lam=1.0, projector=projector)
     with pytest.raises(FloatingPointError, match="non-finite.*distillation=nan"):
         train_epoch(student, _Batches(*batch()), 0, opt, device=CPU, distiller=d, progress=False)
+
+
+class _Spy(torch.nn.Module):
+    """A network whose forward records whether CPU autocast is on, and in which dtype."""
+
+    def __init__(self, net, seen):
+        super().__init__()
+        self.net, self.seen = net, seen
+
+    def forward(self, x):
+        on = torch.is_autocast_enabled("cpu")
+        self.seen.append(torch.get_autocast_dtype("cpu") if on else None)
+        return self.net(x)
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("bf16", torch.bfloat16), ("fp32", None), ("auto", None)]
+)
+def test_precision_reaches_the_forward_passes(precision, dtype):
+    from kd2m.train import evaluate
+
+    seen: list = []
+    student, teacher, projector = nets()
+    s, t = _Spy(student, seen), _Spy(teacher, seen)
+    d = Distiller(teacher=t, metric=get_metric("wasserstein"), lam=0.5, projector=projector)
+    x, y = batch()
+    opt, _ = make_optimizer(
+        list(s.parameters()) + list(projector.parameters()),
+        lr=0.1,
+        momentum=0.0,
+        weight_decay=0.0,
+        epochs=1,
+        lr_min=0.0,
+    )
+    _, ce, dist = train_step(s, x, y, opt, device=CPU, distiller=d, precision=precision)
+    assert torch.isfinite(ce) and torch.isfinite(dist) and dist.dtype == torch.float32
+    evaluate(s, _Batches(x, y), device=CPU, precision=precision)
+    assert seen == [dtype] * 3  # student and teacher in the step, student in evaluate
+    assert not torch.is_autocast_enabled("cpu")  # the context ends with the step
+
+
+def test_precision_names_the_bad_value_and_resolves_per_device():
+    from kd2m.train import resolve_precision
+
+    with pytest.raises(ValueError, match=r"precision='fp16'.*'auto', 'bf16', 'fp32'"):
+        train_step(nets()[0], *batch(), None, device=CPU, precision="fp16")
+    cuda = torch.device("cuda")  # only its type is read: no GPU needed
+    assert [resolve_precision(p, cuda) for p in ("auto", "bf16", "fp32")] == [
+        "bf16",
+        "bf16",
+        "fp32",
+    ]
+    assert [resolve_precision(p, CPU) for p in ("auto", "bf16", "fp32")] == [
+        "fp32",
+        "bf16",
+        "fp32",
+    ]
