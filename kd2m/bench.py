@@ -107,6 +107,7 @@ def bench_metrics(
     metrics: list[str] | None = None,
     step_repeats: int = 3,
     seed: int = 0,
+    variants: list[tuple[str, dict]] | None = None,
 ) -> list[dict]:
     """Time forward + backward of each registered metric; one row per metric.
 
@@ -116,6 +117,8 @@ def bench_metrics(
     threads, median_ms / min_ms over ``repeats`` (after ``warmup``),
     step_ms (median resnet18 step) and ratio = median_ms / step_ms.
     ``step_repeats=0`` skips the resnet18 step (step_ms and ratio are None).
+    ``variants``: ``(name, options)`` pairs (:func:`parse_variant`), each an extra row
+    ``name (key=value, ...)`` timing ``get_metric(name, **options)``.
     """
     from kd2m.metrics import METRICS, TABLE1_METRICS, get_metric
 
@@ -133,8 +136,13 @@ def bench_metrics(
     if step_repeats > 0:
         step_ms = 1e3 * statistics.median(resnet18_step_seconds(n, device, step_repeats))
     rows = []
-    for name in names:
-        metric = get_metric(name)
+    todo = [(name, name, {}) for name in names]
+    todo += [
+        (_variant_label(name, opts).removeprefix("KD2M "), name, opts)
+        for name, opts in variants or []
+    ]
+    for label, name, options in todo:
+        metric = get_metric(name, **options)
         a, b = (ls, lt) if metric.inputs == "logits" else (zs, zt)
 
         def run(metric=metric, a=a, b=b):
@@ -150,8 +158,8 @@ def bench_metrics(
         median_ms = 1e3 * statistics.median(times)
         rows.append(
             {
-                "metric": name,
-                "table1": rows_of.get(name, ""),
+                "metric": label,
+                "table1": rows_of.get(name, "") if not options else "",
                 "inputs": metric.inputs,
                 "n": n,
                 "d": d,
@@ -200,6 +208,7 @@ def _run_metrics(args) -> int:
         num_classes=args.classes,
         metrics=args.metric,
         step_repeats=args.step_repeats,
+        variants=args.variant,
     )
     print_metrics_table(rows)
     if args.json:
@@ -219,6 +228,7 @@ def _add_metrics_parser(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--metric", action="append", help="only this metric (repeatable)")
+    _add_variant_argument(p)
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.set_defaults(func=_run_metrics)
 
@@ -465,6 +475,17 @@ def _variant_label(name: str, options: dict) -> str:
         f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in options.items()
     )
     return f"KD2M {name} ({text})"
+
+
+def _add_variant_argument(p) -> None:
+    p.add_argument(
+        "--variant",
+        action="append",
+        type=_variant_arg,
+        metavar="NAME[:KEY=VALUE,...]",
+        help="also a metric with options, e.g. gaussian_kl:diagonal=true (repeatable; "
+        "values as in 'python -m kd2m train --option')",
+    )
 
 
 def _variant_arg(text: str) -> tuple[str, dict]:
@@ -823,14 +844,7 @@ def _add_training_parsers(sub) -> None:
             "--profile", default="paper", help="profile of the epoch and precision benchmarks"
         )
         if name in ("steps", "all"):
-            p.add_argument(
-                "--variant",
-                action="append",
-                type=_variant_arg,
-                metavar="NAME[:KEY=VALUE,...]",
-                help="also a metric with options, e.g. gaussian_kl:diagonal=true (repeatable; "
-                "values as in 'python -m kd2m train --option')",
-            )
+            _add_variant_argument(p)
         p.add_argument("--json", help="also write the results to this JSON file")
         p.set_defaults(func=_run_training)
 

@@ -141,3 +141,48 @@ def test_bench_steps_variants_add_rows_and_refuse_twice_the_same(capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(["steps", "--variant", "mmd:kernel=linear"])
     assert exc.value.code == 2 and "--variant 'mmd:kernel=linear'" in capsys.readouterr().err
+
+
+def test_bench_metrics_variants_time_the_solver_options(capsys):
+    rows = bench.bench_metrics(
+        n=12,
+        d=6,
+        repeats=1,
+        warmup=0,
+        metrics=["wasserstein"],
+        step_repeats=0,
+        variants=[
+            ("wasserstein", {"solver": "auction"}),
+            ("class_wasserstein", {"solver": "auction"}),
+        ],
+    )
+    assert [r["metric"] for r in rows] == [
+        "wasserstein",
+        "wasserstein (solver=auction)",
+        "class_wasserstein (solver=auction)",
+    ]
+    assert [r["table1"] for r in rows] == ["E1", "", ""]
+    assert _positive(rows, "median_ms")
+    assert (
+        bench.main(
+            [
+                "metrics",
+                "--n",
+                "8",
+                "--d",
+                "4",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--step-repeats",
+                "0",
+                "--metric",
+                "mmd",
+                "--variant",
+                "mmd:kernel=polynomial",
+            ]
+        )
+        == 0
+    )
+    assert "mmd (kernel=polynomial)" in capsys.readouterr().out
