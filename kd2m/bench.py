@@ -186,11 +186,13 @@ def print_metrics_table(rows: list[dict], file=None) -> None:
         f"threads={r0['threads']}; resnet18 training step: {step}",
         file=file,
     )
-    print(f"{'metric':22s} {'row':>4s} {'median ms':>10s} {'min ms':>8s} {'% step':>7s}", file=file)
+    w = max(22, *(len(r["metric"]) for r in rows))
+    head = f"{'metric':{w}s} {'row':>4s} {'median ms':>10s} {'min ms':>8s} {'% step':>7s}"
+    print(head, file=file)
     for r in rows:
         pct = "" if r["ratio"] is None else f"{100 * r['ratio']:.1f}"
         print(
-            f"{r['metric']:22s} {r['table1']:>4s} {r['median_ms']:10.2f} {r['min_ms']:8.2f} "
+            f"{r['metric']:{w}s} {r['table1']:>4s} {r['median_ms']:10.2f} {r['min_ms']:8.2f} "
             f"{pct:>7s}",
             file=file,
         )
