@@ -37,7 +37,9 @@ GRADCHECKED = {
     "gaussian_kl_diag": lambda s, t, y: M.gaussian_kl(s, t, diagonal=True, shrinkage=0.2),
     "gaussian_kl_ledoit_wolf": lambda s, t, y: M.gaussian_kl(s, t),
     "gaussian_kl_ledoit_wolf_diag": lambda s, t, y: M.gaussian_kl(s, t, diagonal=True),
+    "gaussian_wasserstein_ns": lambda s, t, y: M.gaussian_wasserstein(s, t, solver="newton-schulz"),
     "class_gaussian": lambda s, t, y: M.class_gaussian(s, t, y),
+    "class_gaussian_ns": lambda s, t, y: M.class_gaussian(s, t, y, solver="newton-schulz"),
     "class_gaussian_diag": lambda s, t, y: M.class_gaussian(s, t, y, diagonal=True),
     "class_gaussian_kl": lambda s, t, y: M.class_gaussian(s, t, y, divergence="kl", shrinkage=0.3),
     "class_gaussian_kl_diag": lambda s, t, y: M.class_gaussian(
@@ -182,6 +184,10 @@ TRAINING.update(
             s, t, y, divergence="kl", diagonal=True
         ),
         "class_gaussian_diag": lambda s, t, y: M.class_gaussian(s, t, y, diagonal=True),
+        "gaussian_wasserstein_ns": lambda s, t, y: M.gaussian_wasserstein(
+            s, t, solver="newton-schulz"
+        ),
+        "class_gaussian_ns": lambda s, t, y: M.class_gaussian(s, t, y, solver="newton-schulz"),
         "mmd_poly": lambda s, t, y: M.mmd(s, t, kernel="polynomial"),
         "joint_wasserstein_ce": lambda s, t, y: M.joint_wasserstein(
             s, t, y, label_cost="ce", ps=torch.softmax(s[:, :10], 1)
