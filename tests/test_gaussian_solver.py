@@ -339,3 +339,27 @@ def test_cholesky_without_sync_is_bit_identical_and_still_fails_clearly():
     for validate in (True, False):
         with pytest.raises(ValueError, match=r"a matrix factorisation failed .*not positive"):
             M.gaussian_kl(zs, zt, shrinkage=None, eps=0.0, validate=validate)
+
+
+def test_registry_passes_and_checks_the_gaussian_solver():
+    from kd2m.metrics import get_metric
+
+    g = torch.Generator().manual_seed(3)
+    zs, zt = (
+        torch.randn(16, 8, generator=g, dtype=torch.float64),
+        torch.randn(16, 8, generator=g, dtype=torch.float64),
+    )
+    y = torch.arange(16) % 3
+    got = get_metric("gaussian_wasserstein", solver="newton-schulz")(zs, zt)
+    ref = M.gaussian_wasserstein(zs, zt)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=0.0)
+    got = get_metric("class_gaussian", solver="newton-schulz")(zs, zt, y)
+    torch.testing.assert_close(got, M.class_gaussian(zs, zt, y), rtol=1e-10, atol=0.0)
+    with pytest.raises(ValueError, match="divergence='kl' has none"):
+        get_metric("class_gaussian", divergence="kl", solver="newton-schulz")
+    with pytest.raises(ValueError, match="diagonal=True has none"):
+        get_metric("gaussian_wasserstein", diagonal=True, solver="newton-schulz")
+    with pytest.raises(ValueError, match="solver must be one of 'svd', 'newton-schulz'"):
+        get_metric("gaussian_wasserstein", solver="auction")
+    with pytest.raises(ValueError, match="unknown option"):
+        get_metric("gaussian_kl", solver="svd")

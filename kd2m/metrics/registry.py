@@ -20,6 +20,8 @@ from .gaussian import (
     gaussian_kl,
     gaussian_wasserstein,
 )
+from .gaussian import SOLVERS as GAUSSIAN_SOLVERS
+from .gaussian import _check_solver as _check_gaussian_solver
 
 __all__ = ["ALIASES", "METRICS", "TABLE1_METRICS", "Metric", "get_metric"]
 
@@ -70,9 +72,16 @@ _SPECS: dict[str, _Spec] = {
     "joint_wasserstein": _Spec(
         joint_wasserstein, True, ("beta", "label_cost", "solver"), solvers=EMPIRICAL_SOLVERS
     ),
-    "gaussian_wasserstein": _Spec(gaussian_wasserstein, False, ("diagonal",)),
+    "gaussian_wasserstein": _Spec(
+        gaussian_wasserstein, False, ("diagonal", "solver"), solvers=GAUSSIAN_SOLVERS
+    ),
     "gaussian_kl": _Spec(gaussian_kl, False, ("diagonal",) + KL_OPTIONS),
-    "class_gaussian": _Spec(class_gaussian, True, ("divergence", "diagonal") + KL_OPTIONS),
+    "class_gaussian": _Spec(
+        class_gaussian,
+        True,
+        ("divergence", "diagonal", "solver") + KL_OPTIONS,
+        solvers=GAUSSIAN_SOLVERS,
+    ),
     "mmd": _Spec(mmd, False, ("kernel", "bandwidth")),
     "hinton": _Spec(hinton, False, ("temperature",), inputs="logits"),
 }
@@ -174,5 +183,13 @@ def get_metric(name: str, **options) -> Metric:
         else:
             _VALIDATORS[key](value)
     if name == "class_gaussian" and options.get("divergence", "wasserstein") == "wasserstein":
-        check_options(options, ("divergence", "diagonal"), "metric 'class_gaussian' (wasserstein)")
+        check_options(
+            options, ("divergence", "diagonal", "solver"), "metric 'class_gaussian' (wasserstein)"
+        )
+    if name in ("gaussian_wasserstein", "class_gaussian"):  # a solver needs eq. (6), full
+        _check_gaussian_solver(
+            options.get("solver", "svd"),
+            options.get("diagonal", False),
+            options.get("divergence", "wasserstein"),
+        )
     return Metric(name, options)
