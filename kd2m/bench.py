@@ -727,7 +727,9 @@ def frame(rows: list[dict], *, styled: bool = True):
     if len(df) >= 2:
         for c in list(df.columns[1:]):
             known = df[c].notna()
-            if df[c].map(repr).nunique() == 1:
+            if not known.any():  # nothing measured (e.g. no step to compare with)
+                df = df.drop(columns=c)
+            elif df[c].map(repr).nunique() == 1:
                 v = df[c].iloc[0]
                 notes.append(f"{c}: {_FORMATS.get(c, '{}').format(v)}")
                 df = df.drop(columns=c)
