@@ -701,6 +701,15 @@ def hardware(device: str) -> str:
 
 
 _FORMATS = {"images/s": "{:,.0f}", "images": "{:,.0f}", "ratio": "{:.2f}", "seconds": "{:.3f}"}
+# columns named by their last word: "student step images/s", "teacher ratio", "median_ms"
+_SUFFIX_FORMATS = {" images/s": "{:,.0f}", " ratio": "{:.2f}", "_ms": "{:.2f}"}
+
+
+def _format_of(column: str, default: str | None = None) -> str | None:
+    if column in _FORMATS:
+        return _FORMATS[column]
+    ends = [f for suffix, f in _SUFFIX_FORMATS.items() if column.endswith(suffix)]
+    return ends[0] if ends else default
 
 
 def _clean(text):
@@ -731,14 +740,14 @@ def frame(rows: list[dict], *, styled: bool = True):
                 df = df.drop(columns=c)
             elif df[c].map(repr).nunique() == 1:
                 v = df[c].iloc[0]
-                notes.append(f"{c}: {_FORMATS.get(c, '{}').format(v)}")
+                notes.append(f"{c}: {_format_of(c, '{}').format(v)}")
                 df = df.drop(columns=c)
             elif known.sum() == 1:  # a value of one row only (the reference's drift check)
                 row = df[known].iloc[0]
-                v = _FORMATS.get(c, "{:.3g}").format(row[c])
+                v = _format_of(c, "{:.3g}").format(row[c])
                 notes.append(f"{c} ({row[df.columns[0]]}): {v}")
                 df = df.drop(columns=c)
-    formats = {c: f for c, f in _FORMATS.items() if c in df.columns}
+    formats = {c: f for c in df.columns if (f := _format_of(c)) is not None}
     if "time (ms)" in df.columns:
         formats["time (ms)"] = "{:.2f}"
     sty = df.style.hide(axis="index").format(formats)

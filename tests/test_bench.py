@@ -69,6 +69,29 @@ def test_frame_says_a_one_row_value_in_the_caption_not_in_a_column_of_blanks():
     assert sty.caption == "before/after (distance-free): 1.1"
 
 
+def test_frame_formats_columns_by_their_last_word_and_drops_empty_ones():
+    rows = [
+        {
+            "precision": "bf16",
+            "student step images/s": 2818.68728,
+            "student ratio": 1.634528,
+            "median_ms": 72.4512,
+            "step_ms": None,
+        },
+        {
+            "precision": "fp32",
+            "student step images/s": 1724.4652,
+            "student ratio": 1.0,
+            "median_ms": 1.7401,
+            "step_ms": None,
+        },
+    ]
+    html = bench.frame(rows).to_html()
+    for shown in ("2,819", "1,724", "1.63", "1.00", "72.45", "1.74"):
+        assert f">{shown}<" in html, shown
+    assert "2818.68" not in html and "step_ms" not in html
+
+
 TINY = {"arch": "resnet8", "stem": "cifar", "width": 4}
 
 
