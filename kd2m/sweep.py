@@ -11,13 +11,17 @@ The runs are trained through a submitit executor (:func:`make_executor`):
 
 * ``debug``: submitit's DebugExecutor, in this process, one run after the other;
 * ``local``: submitit's LocalExecutor, ``parallel`` processes on this machine, the
-  teachers first, then the students (:func:`run_here`);
-* ``slurm``: one job per teacher, then per teacher one job array of its students with the
-  Slurm dependency ``afterok:<teacher job id>`` (:func:`submit_slurm`); returns once
+  teachers first, then the baselines, then the students that distil (:func:`run_here`);
+* ``slurm``: one job per teacher, then per teacher one job array of its baselines with the
+  Slurm dependency ``afterok:<teacher job id>`` and one job array of its distilling
+  students with ``afterok:<baselines array job id>`` (:func:`submit_slurm`); returns once
   everything is submitted.
 
 Each job is :class:`TrainRun`: :func:`kd2m.runs.run` of one config, returning the record's
-name and test accuracy. Jobs on several nodes share one run store safely: ``run()`` holds
+name and test accuracy. A student that distils (a metric with lambda > 0) first checks,
+as the book and ``train student`` do, that its teacher beats the baseline of its seed by
+the profile's margin (:class:`TeacherCheck`, :func:`kd2m.profiles.check_teacher`): a weak
+teacher fails its job. Jobs on several nodes share one run store safely: ``run()`` holds
 a lock file per run directory while it trains (so the store must sit on a file system
 shared by the nodes that supports file locks), and a run asked for twice is trained once.
 A run whose record is already finished is not submitted again.
@@ -43,6 +47,7 @@ from kd2m.metrics import TABLE1_METRICS
 from kd2m.profiles import (
     PROFILES,
     check_parameters,
+    check_teacher,
     folder_fields,
     student_config,
     teacher_config,
@@ -55,6 +60,7 @@ __all__ = [
     "EXECUTORS",
     "FIG2_METRIC",
     "SweepRun",
+    "TeacherCheck",
     "RunOptions",
     "TrainRun",
     "default_datasets",
@@ -85,22 +91,40 @@ _OWN_SLURM_OPTIONS = {
     "gpus_per_node": "gpus_per_node",
     "cpus_per_task": "cpus_per_task",
     "mem": "mem_gb",
-    "dependency": "nothing: the students depend on their teacher's job",
-    "array": "nothing: the students of a teacher are one job array",
-    "job_name": "nothing: jobs are named kd2m-<dataset>-teacher / -students",
+    "dependency": "nothing: the students depend on their teacher's and baselines' jobs",
+    "array": "nothing: the baselines, and the students, of a teacher are job arrays",
+    "job_name": "nothing: jobs are named kd2m-<dataset>-teacher / -baselines / -students",
     "output": "nothing: logs go to the log folder",
     "error": "nothing: logs go to the log folder",
 }
 
 
 @dataclass(frozen=True)
+class TeacherCheck:
+    """What a distilling student checks before it trains: that its teacher beats the
+    student ``baseline`` of its seed by ``profile``'s margin
+    (:func:`kd2m.profiles.check_teacher`; ``strict``: a weak teacher raises, else a line
+    says so: for overrides that change the teacher, a dry run)."""
+
+    profile: str
+    baseline: RunConfig
+    strict: bool = True
+
+    @property
+    def baseline_key(self) -> str:
+        return f"{self.baseline.name}-{self.baseline.hash}"
+
+
+@dataclass(frozen=True)
 class SweepRun:
     """One run of a sweep: its row in the table (``label``: teacher, baseline, E1, ...,
-    ``fig2 lam=0.1``), its config and the image folder it reads (None: torchvision)."""
+    ``fig2 lam=0.1``), its config, the image folder it reads (None: torchvision) and, for
+    a student that distils (a metric with lambda > 0), the teacher check it makes first."""
 
     label: str
     cfg: RunConfig
     folder: str | None = None
+    check: TeacherCheck | None = None
 
     @property
     def key(self) -> str:
@@ -128,15 +152,26 @@ class RunOptions:
 
 
 class TrainRun(Checkpointable):
-    """A job: :func:`kd2m.runs.run` of one config -> ``(record name, test accuracy)``.
+    """A job: :func:`kd2m.runs.run` of one config -> ``(record name, test accuracy,
+    teacher check line or None)``.
+
+    With a :class:`TeacherCheck`, the records of the teacher and of the seed's baseline
+    come first (``run()`` returns a finished record at once, or trains it under the run
+    store's lock, so the check never depends on the order of the jobs), then
+    :func:`kd2m.profiles.check_teacher`: a weak teacher fails the job
+    (:class:`kd2m.profiles.WeakTeacherError`) before the student trains.
 
     Checkpointable (submitit): on Slurm, a job killed at its time limit is requeued with
     the same arguments (up to the executor's ``max_num_timeout`` times), and ``run()``
     resumes from the run's last finished epoch."""
 
     def __call__(
-        self, cfg: RunConfig, folder: str | None, options: RunOptions
-    ) -> tuple[str, float]:
+        self,
+        cfg: RunConfig,
+        folder: str | None,
+        options: RunOptions,
+        check: TeacherCheck | None = None,
+    ) -> tuple[str, float, str | None]:
         for key, value in options.env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -144,15 +179,25 @@ class TrainRun(Checkpointable):
                 os.environ[key] = value
         if options.threads is not None:
             torch.set_num_threads(options.threads)
-        rec = run(
-            cfg,
-            root=options.root,
-            folder=folder,
-            download=options.download,
-            device=options.device,
-            progress=options.progress,
-        )
-        return rec["name"], float(rec["final"]["test_acc"])
+
+        def record(c: RunConfig) -> dict:
+            return run(
+                c,
+                root=options.root,
+                folder=folder,
+                download=options.download,
+                device=options.device,
+                progress=options.progress,
+            )
+
+        line = None
+        if check is not None:
+            if cfg.teacher is None:
+                raise ValueError(f"{cfg.name}: a teacher check for a run without a teacher")
+            teacher, base = record(cfg.teacher), record(check.baseline)
+            line = check_teacher(check.profile, teacher, base, strict=check.strict)
+        rec = record(cfg)
+        return rec["name"], float(rec["final"]["test_acc"]), line
 
 
 def default_datasets(profile: str) -> list[str]:
@@ -186,20 +231,30 @@ def _dataset_runs(
     folder: str | None,
 ) -> list[SweepRun]:
     """The teacher of ``dataset``, then every student of every seed (as
-    ``kd2m.book.experiments.table1_configs`` and ``sweep_configs`` build them)."""
+    ``kd2m.book.experiments.table1_configs`` and ``sweep_configs`` build them); each
+    student that distils checks its teacher against the seed's baseline, strictly unless
+    ``overrides`` change the teacher (as in ``table1_runs``)."""
     source = "torchvision" if folder is None else "folder"
     ov = dict(overrides)
     if folder is not None and dataset not in DATASETS and "data_sha256" not in ov:
         image_size = ov.get("image_size", DEFAULT_IMAGE_SIZE)
         ov["data_sha256"] = folder_fields(dataset, folder, image_size)["data_sha256"]
     teacher = teacher_config(profile, dataset, source=source, **teacher_overrides(ov))
+    strict = not teacher_overrides(overrides)
     out = [SweepRun("teacher", teacher, folder)]
     for seed in seeds:
+        baseline = None
         for label, metric, lam in students:
             cfg = student_config(
                 profile, dataset, metric, lam=lam, seed=seed, source=source, teacher=teacher, **ov
             )
-            out.append(SweepRun(label, cfg, folder))
+            if metric is None:
+                baseline = cfg
+            check = None
+            if metric is not None and cfg.lam > 0:
+                assert baseline is not None  # _students lists the baseline first
+                check = TeacherCheck(profile, baseline, strict)
+            out.append(SweepRun(label, cfg, folder, check))
     return out
 
 
@@ -367,13 +422,15 @@ def _run_wave(
     executor, runs: list[SweepRun], parallel: int, options: RunOptions, report: Callable
 ) -> set[str]:
     """Submit ``runs`` with at most ``parallel`` running at once (1: each waits for the
-    previous, as the debug executor needs); report each result; return the failed keys."""
-    pending, failed = list(runs), set()
+    previous, as the debug executor needs); report each result (and each teacher check's
+    line, once); return the failed keys."""
+    pending, failed, checks = list(runs), set(), set()
     running: list[tuple[SweepRun, submitit.Job]] = []
     while pending or running:
         while pending and len(running) < parallel:
             r = pending.pop(0)
-            running.append((r, executor.submit(TrainRun(), r.cfg, r.folder, options)))
+            job = executor.submit(TrainRun(), r.cfg, r.folder, options, r.check)
+            running.append((r, job))
         done = running[:1] if parallel == 1 else [x for x in running if x[1].done()]
         if not done:
             time.sleep(POLL_S)
@@ -382,7 +439,10 @@ def _run_wave(
             running = [x for x in running if x[1] is not job]
             error = _job_error(job)
             if error is None:
-                _, acc = job.result()
+                _, acc, check = job.result()
+                if check is not None and check not in checks:
+                    checks.add(check)
+                    report(_result_line(r, f"teacher check: {check}"))
                 report(_result_line(r, f"test accuracy {100 * acc:.2f}%"))
             else:
                 failed.add(r.key)
@@ -402,6 +462,29 @@ def _finished(runs: list[SweepRun], root, report: Callable) -> set[str]:
     return done
 
 
+def _waves(runs: list[SweepRun]) -> tuple[list[SweepRun], list[SweepRun], list[SweepRun]]:
+    """The teachers; the runs that need only their teacher (the baselines, and Fig. 2's
+    lambda = 0, which distils nothing); the students that check their teacher against
+    their seed's baseline (:class:`TeacherCheck`)."""
+    teachers = [r for r in runs if r.cfg.role == "teacher"]
+    plain = [r for r in runs if r.cfg.role != "teacher" and r.check is None]
+    checked = [r for r in runs if r.cfg.role != "teacher" and r.check is not None]
+    return teachers, plain, checked
+
+
+def _orphans(runs: list[SweepRun], failed: set[str], report: Callable) -> list[SweepRun]:
+    """Report the runs of ``runs`` whose teacher or baseline failed; return the others."""
+    ready = []
+    for r in runs:
+        if r.teacher_key in failed:
+            report(_result_line(r, "not trained: its teacher failed"))
+        elif r.check is not None and r.check.baseline_key in failed:
+            report(_result_line(r, "not trained: its baseline failed"))
+        else:
+            ready.append(r)
+    return ready
+
+
 def run_here(
     runs: list[SweepRun],
     executor,
@@ -411,26 +494,40 @@ def run_here(
     report: Callable = print,
 ) -> int:
     """Train ``runs`` on this machine through ``executor`` (debug: ``parallel`` 1): the
-    teachers first, then the students whose teacher did not fail; runs already finished
-    are skipped. Returns the number of runs that failed or were skipped for a failed
-    teacher (0: every run is finished)."""
+    teachers first, then the baselines whose teacher did not fail, then the students
+    whose teacher and baseline did not fail (each checks its teacher against the
+    baseline: :class:`TrainRun`); runs already finished are skipped. Returns the number
+    of runs that failed or were skipped for a failed teacher or baseline (0: every run
+    is finished)."""
     if parallel < 1:
         raise ValueError(f"parallel={parallel!r}: expected an integer >= 1")
     finished = _finished(runs, options.root, report)
     todo = [r for r in runs if r.key not in finished]
-    teachers = [r for r in todo if r.cfg.role == "teacher"]
+    teachers, plain, checked = _waves(todo)
     failed = _run_wave(executor, teachers, parallel, options, report)
-    students = [r for r in todo if r.cfg.role != "teacher" and r.teacher_key not in failed]
-    orphans = [r for r in todo if r.cfg.role != "teacher" and r.teacher_key in failed]
-    for r in orphans:
-        report(_result_line(r, "not trained: its teacher failed"))
-    failed |= _run_wave(executor, students, parallel, options, report)
-    bad = len(failed) + len(orphans)
+    n_orphans = len(plain) + len(checked)
+    plain = _orphans(plain, failed, report)
+    failed |= _run_wave(executor, plain, parallel, options, report)
+    checked = _orphans(checked, failed, report)
+    n_orphans -= len(plain) + len(checked)
+    failed |= _run_wave(executor, checked, parallel, options, report)
+    bad = len(failed) + n_orphans
     report(
         f"total: {len(runs)} runs: {len(runs) - len(todo)} already finished, "
-        f"{len(todo) - bad} trained, {len(failed)} failed, {len(orphans)} not trained"
+        f"{len(todo) - bad} trained, {len(failed)} failed, {n_orphans} not trained"
     )
     return bad
+
+
+def _submit_array(
+    executor, group: list[SweepRun], name: str, params: dict, options: RunOptions
+) -> list[str]:
+    """Submit ``group`` as one job array (one job when alone) named ``name`` with the
+    sbatch options ``params``; return the job ids."""
+    executor.update_parameters(name=name, slurm_additional_parameters=params)
+    with executor.batch():
+        jobs = [executor.submit(TrainRun(), r.cfg, r.folder, options, r.check) for r in group]
+    return [job.job_id for job in jobs]
 
 
 def submit_slurm(
@@ -442,35 +539,40 @@ def submit_slurm(
     report: Callable = print,
 ) -> dict[str, str]:
     """Submit ``runs`` through a Slurm ``executor`` (:func:`make_executor`): one job per
-    teacher, then per teacher one job array of its students with the dependency
-    ``afterok:<teacher job id>`` (none when the teacher is already finished). Runs already
-    finished are not submitted. Returns ``{run key: Slurm job id}``."""
+    teacher, then per teacher one job array of its baselines (and Fig. 2's lambda = 0)
+    with the dependency ``afterok:<teacher job id>``, and one job array of the students
+    that distil with ``afterok:<baselines array job id>`` (the array succeeds when all
+    its tasks do; it runs after the teacher's job, so that dependency is implied). A
+    dependency on a job not submitted (its runs already finished) is left out. Runs
+    already finished are not submitted. Returns ``{run key: Slurm job id}``."""
     finished = _finished(runs, options.root, report)
     todo = [r for r in runs if r.key not in finished]
     extra = dict(slurm.get("slurm_additional_parameters") or {})
     ids: dict[str, str] = {}
-    for t in (r for r in todo if r.cfg.role == "teacher"):
+    teachers, plain, checked = _waves(todo)
+    for t in teachers:
         executor.update_parameters(
             name=f"kd2m-{t.cfg.dataset}-teacher", slurm_additional_parameters=dict(extra)
         )
         ids[t.key] = executor.submit(TrainRun(), t.cfg, t.folder, options).job_id
         report(_result_line(t, f"Slurm job {ids[t.key]}"))
-    groups: dict[str | None, list[SweepRun]] = {}
-    for r in todo:
-        if r.cfg.role != "teacher":
-            groups.setdefault(r.teacher_key, []).append(r)
-    for tkey, group in groups.items():
-        dep = ids.get(tkey) if tkey is not None else None
-        params = extra | ({"dependency": f"afterok:{dep}"} if dep else {})
-        executor.update_parameters(
-            name=f"kd2m-{group[0].cfg.dataset}-students", slurm_additional_parameters=params
-        )
-        with executor.batch():
-            jobs = [executor.submit(TrainRun(), r.cfg, r.folder, options) for r in group]
-        for r, job in zip(group, jobs, strict=True):
-            ids[r.key] = job.job_id
-            after = f" (after teacher job {dep})" if dep else ""
-            report(_result_line(r, f"Slurm job {job.job_id}{after}"))
+    groups: dict[str | None, tuple[list[SweepRun], list[SweepRun]]] = {}
+    for r in plain + checked:
+        groups.setdefault(r.teacher_key, ([], []))[r.check is not None].append(r)
+    for tkey, waves in groups.items():
+        dep, on = (ids.get(tkey) if tkey is not None else None), "teacher"
+        for group, what in zip(waves, ("baselines", "students"), strict=True):
+            if not group:
+                continue
+            params = extra | ({"dependency": f"afterok:{dep}"} if dep else {})
+            name = f"kd2m-{group[0].cfg.dataset}-{what}"
+            jobs = _submit_array(executor, group, name, params, options)
+            after = f" (after {on} job {dep})" if dep else ""
+            for r, job_id in zip(group, jobs, strict=True):
+                ids[r.key] = job_id
+                report(_result_line(r, f"Slurm job {job_id}{after}"))
+            # the array's own id ("4244" of "4244_0"): afterok on it waits for every task
+            dep, on = jobs[0].split("_")[0], what
     report(
         f"total: {len(runs)} runs: {len(finished)} already finished, {len(todo)} submitted; "
         f"logs in {executor.folder}; results: python -m kd2m list"

@@ -4,6 +4,7 @@ submitit executors: debug (in this process), local (processes) and slurm (agains
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -100,7 +101,127 @@ def test_plan_reads_the_rows_seeds_lambda_and_overrides(monkeypatch):
     assert all(r.cfg.teacher == runs[0].cfg for r in students)
 
 
+def test_plan_each_distilling_student_checks_its_seeds_baseline():
+    runs = sw.plan("cpu", seeds=[1, 2], rows=["E1", "G2"], fig2_lambdas=[0.0])
+    assert [r.label for r in runs] == ["teacher"] + 2 * ["baseline", "E1", "G2", "fig2 lam=0"]
+    # the teacher, the baselines and lambda = 0 (no distillation) check nothing
+    assert [r.check is None for r in runs] == [True] + 2 * [True, False, False, True]
+    for r in runs:
+        if r.check is not None:
+            # as `train student` derives it, and the planned baseline of the same seed
+            assert r.check.baseline == r.cfg.replace(metric=None, lam=0.0, metric_options={})
+            (base,) = [b for b in runs if b.label == "baseline" and b.cfg.seed == r.cfg.seed]
+            assert r.check.baseline_key == base.key
+            assert r.check == sw.TeacherCheck("cpu", base.cfg, strict=True)
+    # overrides the teacher follows make a dry run (as table1_runs): a line, no error
+    tiny = sw.plan("cpu", rows=["E1"], overrides=TINY)
+    assert tiny[2].check is not None and tiny[2].check.strict is False
+
+
+def _fake_records(monkeypatch, accs: dict[str, float], calls: list | None = None):
+    """``sw.run`` answers a record of the test accuracy ``accs[role or label]``; a value
+    None raises (a run that fails)."""
+
+    def fake_run(cfg, **kw):
+        role = "baseline" if cfg.role == "student" and cfg.metric is None else cfg.role
+        if calls is not None:
+            calls.append((role, cfg.hash))
+        if accs[role] is None:
+            raise RuntimeError(f"{role} {cfg.name} crashed")
+        return {"name": cfg.name, "final": {"test_acc": accs[role]}}
+
+    monkeypatch.setattr(sw, "run", fake_run)
+
+
+def test_train_run_checks_the_teacher_against_the_baseline_first(monkeypatch):
+    from kd2m.profiles import PROFILES, WeakTeacherError
+
+    margin = PROFILES["cpu"]["teacher_margin"]
+    _, base, student = sw.plan("cpu", rows=["E1"])
+    options = sw.RunOptions(root="/r")
+    calls: list = []
+    # 0.4 points short of the margin: strict refuses before the student trains
+    _fake_records(
+        monkeypatch,
+        {"teacher": 0.5 + (margin - 0.4) / 100, "baseline": 0.5, "student": 0.55},
+        calls,
+    )
+    with pytest.raises(WeakTeacherError, match=f"asks for >= {margin:g}.*refuse to distil"):
+        sw.TrainRun()(student.cfg, None, options, student.check)
+    assert calls == [("teacher", student.cfg.teacher.hash), ("baseline", base.cfg.hash)]
+    # not strict (overrides change the teacher): the student trains, the line says so
+    lax = dataclasses.replace(student.check, strict=False)
+    name, acc, line = sw.TrainRun()(student.cfg, None, options, lax)
+    assert (name, acc) == (student.cfg.name, 0.55) and calls[-1] == ("student", student.cfg.hash)
+    assert "allowed: the overrides change the teacher" in line
+    # a teacher that leads by the margin passes, strictly
+    good = {"teacher": 0.5 + (margin + 0.4) / 100, "baseline": 0.5, "student": 0.6}
+    _fake_records(monkeypatch, good)
+    _, acc, line = sw.TrainRun()(student.cfg, None, options, student.check)
+    assert acc == 0.6 and f"leads by +{margin + 0.4:.2f} points" in line
+
+
 # ------------------------------------------------------------------ executors
+
+
+def test_debug_executor_weak_teacher_fails_the_students_not_the_baseline(
+    store, folder, tmp_path, monkeypatch
+):
+    from kd2m.profiles import PROFILES
+
+    monkeypatch.setitem(PROFILES["cpu"], "teacher_margin", 1000.0)  # no teacher is that good
+    runs = sw.plan("cpu", rows=["E1"], overrides=TINY, folders={"cifar10": str(folder)})
+    teacher, base, student = runs
+    assert student.check is not None and not student.check.strict  # TINY changes the teacher
+    strict = [
+        teacher,
+        base,
+        dataclasses.replace(student, check=dataclasses.replace(student.check, strict=True)),
+    ]
+    options = sw.RunOptions(root=str(store), device="cpu")
+    ex = sw.make_executor("debug", tmp_path / "logs")
+    lines: list[str] = []
+    assert sw.run_here(strict, ex, parallel=1, options=options, report=lines.append) == 1
+    assert [ln.split()[0] for ln in lines] == ["teacher", "baseline", "E1", "total:"]
+    assert "test accuracy" in lines[0] and "test accuracy" in lines[1]
+    assert "E1" in lines[2] and "FAILED: teacher " in lines[2]
+    assert "asks for >= 1000" in lines[2] and "refuse to distil" in lines[2]
+    assert lines[3].endswith("2 trained, 1 failed, 0 not trained")
+    assert [sw.store_status(r.cfg, store) for r in runs] == ["finished", "finished", "absent"]
+    # not strict (the plan's own check: overrides change the teacher): trained, line shown
+    lines.clear()
+    assert sw.run_here(runs, ex, parallel=1, options=options, report=lines.append) == 0
+    assert sum("already finished (test accuracy" in ln for ln in lines) == 2
+    (check,) = [ln for ln in lines if "teacher check:" in ln]
+    assert check.startswith("E1") and "allowed: the overrides change the teacher" in check
+    assert sw.store_status(student.cfg, store) == "finished"
+
+
+def test_run_here_orders_the_waves_and_orphans_the_students_of_a_failed_baseline(
+    tmp_path, monkeypatch
+):
+    runs = sw.plan("cpu", seeds=[1, 2], rows=["E1", "G2"])
+    calls: list = []
+    _fake_records(monkeypatch, {"teacher": 0.9, "baseline": 0.5, "student": 0.6}, calls)
+    ex = sw.make_executor("debug", tmp_path / "logs")
+    options = sw.RunOptions(root=str(tmp_path / "store"))
+    lines: list[str] = []
+    assert sw.run_here(runs, ex, parallel=1, options=options, report=lines.append) == 0
+    # teacher, both baselines, then each student (its teacher and baseline records first)
+    roles = [role for role, _ in calls]
+    assert roles[:3] == ["teacher", "baseline", "baseline"]
+    assert roles[3:] == 4 * ["teacher", "baseline", "student"]
+    reported = [ln.split()[0] for ln in lines if "test accuracy" in ln]
+    assert reported == ["teacher", "baseline", "baseline", "E1", "G2", "E1", "G2"]
+    # a baseline that fails: its seed's students are not trained, nor asked to be
+    calls.clear()
+    lines.clear()
+    _fake_records(monkeypatch, {"teacher": 0.9, "baseline": None, "student": 0.6}, calls)
+    assert sw.run_here(runs, ex, parallel=1, options=options, report=lines.append) == 6
+    assert [role for role, _ in calls] == ["teacher", "baseline", "baseline"]
+    assert sum("FAILED: baseline " in ln and "crashed" in ln for ln in lines) == 2
+    assert sum("not trained: its baseline failed" in ln for ln in lines) == 4
+    assert lines[-1].endswith("1 trained, 2 failed, 4 not trained")
 
 
 def test_debug_executor_trains_teacher_baseline_and_a_student(store, folder, capsys, monkeypatch):
@@ -183,7 +304,7 @@ def _submissions(log: Path) -> list[tuple[str, str]]:
     return list(zip(parts[1::2], parts[2::2], strict=True))
 
 
-def test_slurm_teachers_first_students_after_their_teacher(store, tmp_path, capsys, monkeypatch):
+def test_slurm_teachers_then_baselines_then_students(store, tmp_path, capsys, monkeypatch):
     from submitit.core.utils import DelayedSubmission
 
     log = _fake_slurm(tmp_path, monkeypatch)
@@ -202,8 +323,8 @@ def test_slurm_teachers_first_students_after_their_teacher(store, tmp_path, caps
     rc, out, err = _cli(args, capsys)
     assert rc == 0, err
     subs = _submissions(log)
-    assert [job for job, _ in subs] == ["4242", "4243", "4244", "4245"]
-    n = 1 + len(TABLE1_METRICS)
+    assert [job for job, _ in subs] == [str(4242 + i) for i in range(6)]
+    n = len(TABLE1_METRICS)
     for i, (_, script) in enumerate(subs):
         for opt in ("partition=gpu", "time=30", "gpus-per-node=1", "cpus-per-task=4", "mem=16GB"):
             assert f"#SBATCH --{opt}\n" in script
@@ -211,34 +332,66 @@ def test_slurm_teachers_first_students_after_their_teacher(store, tmp_path, caps
         if i < 2:  # the two teachers, first, one job each, depending on nothing
             assert "--array" not in script and "--dependency" not in script
             assert f"--job-name=kd2m-{['cifar10', 'svhn'][i]}-teacher" in script
-        else:  # then each dataset's students: one array after its own teacher's job
+        elif i % 2 == 0:  # per dataset its baseline (one seed: one job) after its teacher
+            assert "--array" not in script
+            assert f"--job-name=kd2m-{['cifar10', 'svhn'][i // 2 - 1]}-baselines" in script
+            assert f"#SBATCH --dependency=afterok:{4242 + i // 2 - 1}\n" in script
+        else:  # then its students: one array after the baselines' job (hence the teacher's)
             assert f"#SBATCH --array=0-{n - 1}%{n}\n" in script
-            assert f"#SBATCH --dependency=afterok:{4240 + i}\n" in script
-    # each array task's pickle is TrainRun of the planned student
+            assert f"#SBATCH --dependency=afterok:{4242 + i - 1}\n" in script
+    # each job's pickle is TrainRun of the planned run; a student's carries its check
     runs = sw.plan("paper", ["cifar10", "svhn"])
-    students = [r for r in runs if r.cfg.role == "student"]
-    for k, r in enumerate(students):
-        job = f"{4244 + k // n}_{k % n}"
+    for d, dataset_runs in enumerate((runs[: n + 2], runs[n + 2 :])):
+        teacher, base, students = dataset_runs[0], dataset_runs[1], dataset_runs[2:]
+        ds = DelayedSubmission.load(tmp_path / "l" / f"{4242 + d}_submitted.pkl")
+        assert ds.args[0] == teacher.cfg and ds.args[3:] == ()
+        job = str(4244 + 2 * d)
         ds = DelayedSubmission.load(tmp_path / "l" / f"{job}_submitted.pkl")
-        assert isinstance(ds.function, sw.TrainRun) and ds.args[0] == r.cfg
-        assert f"{r.cfg.name} [{r.cfg.hash}]: Slurm job {job} (after teacher job" in out
+        assert ds.args[0] == base.cfg and ds.args[3] is None
+        assert f"{base.cfg.name} [{base.cfg.hash}]: Slurm job {job} (after teacher job" in out
+        for k, r in enumerate(students):
+            job = f"{4245 + 2 * d}_{k}"
+            ds = DelayedSubmission.load(tmp_path / "l" / f"{job}_submitted.pkl")
+            assert isinstance(ds.function, sw.TrainRun) and ds.args[0] == r.cfg
+            assert ds.args[3] == sw.TeacherCheck("paper", base.cfg, strict=True)
+            line = (
+                f"{r.cfg.name} [{r.cfg.hash}]: Slurm job {job} (after baselines job {4244 + 2 * d})"
+            )
+            assert line in out
     assert not (store / "runs").exists()
 
 
-def test_slurm_skips_a_finished_teacher(store, tmp_path, capsys, monkeypatch):
-    log = _fake_slurm(tmp_path, monkeypatch)
-    teacher = sw.plan("paper", ["cifar10"])[0].cfg
-    d = run_dir(teacher, store)
+def _fake_finished(cfg, store, acc: float = 0.5) -> None:
+    d = run_dir(cfg, store)
     d.mkdir(parents=True)
     (d / "record.json").write_text(
-        json.dumps({"format": 2, "status": "finished", "final": {"test_acc": 0.5}})
+        json.dumps({"format": 2, "status": "finished", "final": {"test_acc": acc}})
     )
+
+
+@pytest.mark.parametrize(
+    "done, deps",
+    [
+        ({"teacher"}, [None, "afterok:4242"]),  # the baseline, then the students after it
+        ({"baseline"}, [None, "afterok:4242"]),  # the teacher, then the students after it
+        ({"teacher", "baseline"}, [None]),  # the students alone, after nothing
+    ],
+)
+def test_slurm_skips_finished_runs_and_their_dependencies(
+    done, deps, store, tmp_path, capsys, monkeypatch
+):
+    log = _fake_slurm(tmp_path, monkeypatch)
+    for r in sw.plan("paper", ["cifar10"])[:2]:
+        if r.label in done:
+            _fake_finished(r.cfg, store)
     args = ["sweep", "--executor", "slurm", "--profile", "paper", "--datasets", "cifar10"]
     rc, out, err = _cli(args + ["--time", "5", "--log-dir", str(tmp_path / "l")], capsys)
     assert rc == 0, err
-    subs = _submissions(log)
-    assert len(subs) == 1 and "--array=" in subs[0][1] and "--dependency" not in subs[0][1]
-    assert "already finished (test accuracy 50.00%)" in out
+    scripts = [script for _, script in _submissions(log)]
+    got = [re.findall(r"--dependency=(\S+)", s) for s in scripts]
+    assert got == [[d] if d else [] for d in deps]
+    assert "--array=" in scripts[-1] and "-students" in scripts[-1]
+    assert out.count("already finished (test accuracy 50.00%)") == len(done)
 
 
 def test_train_run_sets_its_environment_then_runs(monkeypatch):
@@ -254,7 +407,7 @@ def test_train_run_sets_its_environment_then_runs(monkeypatch):
     cfg = sw.plan("cpu")[0].cfg
     env = {"CUDA_VISIBLE_DEVICES": "2,3", "KD2M_X": None}
     options = sw.RunOptions("/r", download=True, device="cuda", threads=None, env=env)
-    assert sw.TrainRun()(cfg, "/f", options) == (cfg.name, 0.25)
+    assert sw.TrainRun()(cfg, "/f", options) == (cfg.name, 0.25, None)
     assert seen["cuda"] == "2,3" and seen["other"] is False
     assert (seen["root"], seen["folder"], seen["download"], seen["device"]) == (
         "/r",
