@@ -144,12 +144,7 @@ def solve(
     C = (cost if batched else cost[None]).detach().to(torch.float64)
     B, n, _ = C.shape
     device = C.device
-    if check_every is None:
-        check_every = 1 if device.type == "cpu" else "doubling"
-    doubling = check_every == "doubling"
-    step = 16 if doubling else check_every
-    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
-        raise ValueError(f"check_every must be an int >= 1 or 'doubling'; got {check_every!r}")
+    doubling, step = _check_schedule(check_every, device)
     if not rtol > 0 or not theta > 1 or not eps0 > 0:
         raise ValueError(f"need rtol > 0, theta > 1, eps0 > 0; got {rtol}, {theta}, {eps0}")
     if device.type == "cpu" and not bool(torch.isfinite(C).all()):  # free on the CPU
@@ -197,6 +192,17 @@ def solve(
     return AuctionResult(
         cols if batched else cols[0], iters, syncs, gap if batched else gap[0], len(bad)
     )
+
+
+def _check_schedule(check_every, device) -> tuple[bool, int]:
+    """``(doubling, first interval)`` of the host reads (see :func:`solve`)."""
+    if check_every is None:
+        check_every = 1 if device.type == "cpu" else "doubling"
+    doubling = check_every == "doubling"
+    step = 16 if doubling else check_every
+    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+        raise ValueError(f"check_every must be an int >= 1 or 'doubling'; got {check_every!r}")
+    return doubling, step
 
 
 def _certify(c, C, price, row_col, shift, rtol: float):
