@@ -30,15 +30,11 @@ def test_bench_data_compares_both_pipelines():
     assert _positive(rows, "images/s")
 
 
+TINY_STEPS = {"n": 16, "repeats": 1, "warmup": 1, "student": "resnet8", "teacher": "resnet8"}
+
+
 def test_bench_steps_isolates_each_metric():
-    rows = bench.bench_steps(
-        n=16,
-        repeats=1,
-        warmup=1,
-        student="resnet8",
-        teacher="resnet8",
-        metrics=["wasserstein", "hinton"],
-    )
+    rows = bench.bench_steps(**TINY_STEPS, metrics=["wasserstein", "hinton"])
     assert [r["step"] for r in rows] == [
         "distance-free (student step + teacher forward)",
         "KD2M wasserstein",
@@ -144,15 +140,7 @@ def test_parse_variant_reads_options_as_the_cli_does():
 
 def test_bench_steps_variants_add_rows_and_refuse_twice_the_same(capsys):
     variants = [("mmd", {"kernel": "polynomial"}), ("gaussian_kl", {"diagonal": True})]
-    rows = bench.bench_steps(
-        n=16,
-        repeats=1,
-        warmup=1,
-        student="resnet8",
-        teacher="resnet8",
-        metrics=["mmd"],
-        variants=variants,
-    )
+    rows = bench.bench_steps(**TINY_STEPS, metrics=["mmd"], variants=variants)
     assert [r["step"] for r in rows][1:] == [
         "KD2M mmd",
         "KD2M mmd (kernel=polynomial)",
