@@ -136,12 +136,8 @@ def bench_metrics(
     if step_repeats > 0:
         step_ms = 1e3 * statistics.median(resnet18_step_seconds(n, device, step_repeats))
     rows = []
-    todo = [(name, name, {}) for name in names]
-    todo += [
-        (_variant_label(name, opts).removeprefix("KD2M "), name, opts)
-        for name, opts in variants or []
-    ]
-    for label, name, options in todo:
+    for name, options in [(name, {}) for name in names] + list(variants or []):
+        label = _variant_label(name, options)
         metric = get_metric(name, **options)
         a, b = (ls, lt) if metric.inputs == "logits" else (zs, zt)
 
@@ -418,7 +414,7 @@ def bench_steps(
 
     steps = {f"KD2M {name}": step_fn(get_metric(name)) for name in metrics or list(METRICS)}
     for name, options in variants or []:
-        label = _variant_label(name, options)
+        label = f"KD2M {_variant_label(name, options)}"
         if label in steps:
             raise ValueError(f"the step {label!r} is asked for twice (--metric or --variant)")
         steps[label] = step_fn(get_metric(name, **options))
@@ -470,13 +466,13 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def _variant_label(name: str, options: dict) -> str:
-    """``KD2M name (key=value, ...)``: strings as they are, other values as JSON."""
+    """``name (key=value, ...)``: strings as they are, other values as JSON."""
     if not options:
-        return f"KD2M {name}"
+        return name
     text = ", ".join(
         f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in options.items()
     )
-    return f"KD2M {name} ({text})"
+    return f"{name} ({text})"
 
 
 def _add_variant_argument(p) -> None:

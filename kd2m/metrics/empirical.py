@@ -97,18 +97,15 @@ def _uniform(n: int, device) -> torch.Tensor:
     return torch.full((n,), 1.0 / n, dtype=torch.float64, device=device)
 
 
-def _permutation_cost(zs, zt, cols, weights) -> torch.Tensor:
-    """Differentiable ``sum_i w_i ||zs[i] - zt[cols_i]||^2`` with the permutation fixed."""
-    return (weights.to(zs.dtype) * ((zs - zt[cols]) ** 2).sum(dim=1)).sum()
-
-
-def _plan_cost(zs, zt, rows, cols, weights) -> torch.Tensor:
-    """Differentiable ``sum_k w_k ||zs[rows_k] - zt[cols_k]||^2`` with the plan fixed."""
+def _plan_cost(zs, zt, cols, weights, rows=None) -> torch.Tensor:
+    """Differentiable ``sum_k w_k ||zs[rows_k] - zt[cols_k]||^2`` with the plan fixed; ``rows``
+    None: every row once, in order (a permutation plan). Indices and weights: tensors or
+    numpy arrays."""
     device = zs.device
-    rows = torch.as_tensor(np.asarray(rows), device=device)
-    cols = torch.as_tensor(np.asarray(cols), device=device)
-    w = torch.as_tensor(np.asarray(weights), device=device, dtype=zs.dtype)
-    return (w * ((zs[rows] - zt[cols]) ** 2).sum(dim=1)).sum()
+    cols = torch.as_tensor(cols, device=device)
+    w = torch.as_tensor(weights, device=device).to(zs.dtype)
+    src = zs if rows is None else zs[torch.as_tensor(rows, device=device)]
+    return (w * ((src - zt[cols]) ** 2).sum(dim=1)).sum()
 
 
 def _weights(w, n: int, name: str) -> np.ndarray:
@@ -155,7 +152,7 @@ def wasserstein(
     C = _cost(zs, zt)
     if a is None and b is None and n == m:
         cols = _assignment(C, solver)
-        return _permutation_cost(zs, zt, cols, _uniform(n, zs.device))
+        return _plan_cost(zs, zt, cols, _uniform(n, zs.device))
     if solver == "auction":
         raise ValueError(
             "solver='auction' solves assignment problems (equal sizes, uniform weights); got "
@@ -166,7 +163,7 @@ def wasserstein(
 
     gamma = ot.emd(_weights(a, n, "a"), _weights(b, m, "b"), C.cpu().numpy())
     r, c = np.nonzero(gamma)
-    return _plan_cost(zs, zt, r, c, gamma[r, c])
+    return _plan_cost(zs, zt, c, gamma[r, c], rows=r)
 
 
 @public_metric
@@ -204,7 +201,7 @@ def class_wasserstein(zs, zt, y, *, solver: str = "scipy", validate: bool = True
         same = y[:, None] == y[None, :]
         n_c = same.sum(dim=1).double()  # size of each row's class
         weights = 1.0 / (n_c * (1.0 / n_c).sum())
-        return _permutation_cost(zs, zt, assign(class_mask_cost(C, y)), weights)
+        return _plan_cost(zs, zt, assign(class_mask_cost(C, y)), weights)
     cost = C.cpu().numpy()
     yn = y.detach().cpu().numpy()
     classes = np.unique(yn)
@@ -215,7 +212,9 @@ def class_wasserstein(zs, zt, y, *, solver: str = "scipy", validate: bool = True
         rows.append(idx[r])
         cols.append(idx[k])
         weights.append(np.full(len(idx), 1.0 / (len(classes) * len(idx))))
-    return _plan_cost(zs, zt, np.concatenate(rows), np.concatenate(cols), np.concatenate(weights))
+    return _plan_cost(
+        zs, zt, np.concatenate(cols), np.concatenate(weights), rows=np.concatenate(rows)
+    )
 
 
 def joint_default_beta(zt: torch.Tensor) -> torch.Tensor:
@@ -300,8 +299,7 @@ def joint_wasserstein(
             zs, y, ps, pt, C, beta_plan, label_cost, solver, validate
         )
         label_term = beta_t * label_cost_of_plan
-    uniform = _uniform(n, zs.device)
-    return _permutation_cost(zs, zt, cols, uniform) + label_term
+    return _plan_cost(zs, zt, cols, _uniform(n, zs.device)) + label_term
 
 
 def _joint_plan_with_probabilities(zs, y, ps, pt, C, beta, label_cost, solver, validate):
